@@ -1,0 +1,79 @@
+"""`idp serve`: the issuer under gunicorn.
+
+Settings chosen for this workload (see README "Running it well"):
+- sync workers, one per CPU by default: signing is CPU-bound and short, so threads would only
+  contend for the GIL; the background key-ring refresher is one daemon thread per worker.
+- no `--preload`: each worker builds the app after the fork, so it opens its own Redis
+  connections and starts its own refresher (connections and threads do not survive a fork).
+  The master loads the ring once before forking, so a bad setting or a wrong encryption key
+  stops the start with one line, and an empty store gets its first key exactly once.
+- timeout 30 s, graceful shutdown 20 s (Kubernetes' default grace period is 30 s).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+from gunicorn.app.base import BaseApplication
+
+from idp.config import Settings, load_settings
+from idp.keys.keyring import KeyRing
+from idp.store import create_store
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
+        self.settings = settings
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from idp.app import create_app
+
+        return create_app(self.settings)
+
+
+def gunicorn_options(host: str, port: int, workers: int) -> dict[str, Any]:
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return {
+        "bind": bind,
+        "workers": workers,
+        "worker_class": "sync",
+        "preload_app": False,
+        "timeout": 30,
+        "graceful_timeout": 20,
+        "keepalive": 5,
+        # Header limits: a request token is about 1-2 KiB; nothing legitimate is larger.
+        "limit_request_line": 8190,
+        "limit_request_fields": 50,
+        "limit_request_field_size": 8190,
+        "accesslog": "-" if os.environ.get("IDP_ACCESS_LOG") else None,
+        "errorlog": "-",
+        "proc_name": "idp",
+    }
+
+
+@click.command()
+@click.option("--host", envvar="IDP_HOST", default="127.0.0.1", help="Address to listen on.")
+@click.option("--port", envvar="IDP_PORT", default=8080, type=click.IntRange(1, 65535),
+              help="Port to listen on.")
+@click.option("--workers", envvar="IDP_WORKERS", default=lambda: os.cpu_count() or 1,
+              type=click.IntRange(1, 256), show_default="CPU count",
+              help="gunicorn worker processes.")
+def serve(host: str, port: int, workers: int) -> None:
+    """Run the issuer (gunicorn) with the settings from the IDP_* environment."""
+    settings = load_settings()
+    ring = KeyRing(settings, create_store(settings))
+    ring.refresh()
+    click.echo(
+        f"idp: issuer {settings.issuer} on http://{host}:{port} "
+        f"({workers} workers, keys in {ring.store.describe()})",
+        err=True,
+    )
+    _Gunicorn(settings, gunicorn_options(host, port, workers)).run()

@@ -1,0 +1,256 @@
+"""The rules of a key's life, as pure functions of (ring document, now, policy).
+
+A key goes next → current → retired → gone, and every time that decides its state is written
+in the shared ring document when the key is created, so every replica derives the same state
+from the same document and the same clock, with no coordination on the hot path:
+
+- published: from `created_at`, as soon as it is in the document;
+- next:      `now < sign_from`; `sign_from >= created_at + publish_lead` (max-age of cached
+             JWKS + replica refresh bound + clock skew), so no verifier meets an unknown `kid`;
+- current:   `sign_from <= now < sign_until`; windows are contiguous (next.sign_from ==
+             current.sign_until), so a replica that lost the store can follow the schedule
+             with keys it already knows were published;
+- retired:   `sign_until <= now < remove_at`; `remove_at` covers the last token's life,
+             clock skew and JWKS max-age, and only ever moves later, never earlier, so a
+             shortened window (a forced rotation) cannot drop a key a stale replica signed with;
+- gone:      `now >= remove_at`, dropped from the document by the next maintenance.
+
+SPIRE and Kubernetes pre-publish the same way; Vela instead adds a key per replica and restart
+and deletes keys that signed live tokens, which is what these rules rule out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from idp.config import Settings
+
+State = Literal["next", "current", "retired", "gone"]
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    kid: str
+    alg: str
+    created_at: int
+    sign_from: int
+    sign_until: int
+    remove_at: int
+    private: dict[str, Any]  # sealed private JWK (see material.Sealer)
+
+    def state(self, now: float) -> State:
+        if now >= self.remove_at:
+            return "gone"
+        if now < self.sign_from:
+            return "next"
+        if now < self.sign_until:
+            return "current"
+        return "retired"
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> KeyRecord:
+        return cls(
+            kid=str(data["kid"]),
+            alg=str(data["alg"]),
+            created_at=int(data["created_at"]),
+            sign_from=int(data["sign_from"]),
+            sign_until=int(data["sign_until"]),
+            remove_at=int(data["remove_at"]),
+            private=dict(data["private"]),
+        )
+
+
+@dataclass(frozen=True)
+class RingDoc:
+    """The one shared state document; `version` grows by one with every write."""
+
+    version: int
+    keys: tuple[KeyRecord, ...]
+    request_secret: dict[str, Any]  # sealed HMAC key for request tokens
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "keys": [k.to_json() for k in self.keys],
+            "request_secret": self.request_secret,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RingDoc:
+        return cls(
+            version=int(data["version"]),
+            keys=tuple(KeyRecord.from_json(k) for k in data["keys"]),
+            request_secret=dict(data["request_secret"]),
+        )
+
+
+@dataclass(frozen=True)
+class Policy:
+    alg: str
+    rotation_period: int
+    publish_lead: int
+    retire_keep: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        return cls(
+            alg=settings.signing_alg,
+            rotation_period=settings.rotation_period,
+            publish_lead=settings.publish_lead,
+            retire_keep=settings.retire_keep,
+        )
+
+
+# A factory for new keys: given the alg, returns (kid, sealed private JWK).
+NewKey = Callable[[str], tuple[str, dict[str, Any]]]
+
+
+def current_key(keys: Iterable[KeyRecord], now: float) -> KeyRecord | None:
+    signing = [k for k in keys if k.state(now) == "current"]
+    return max(signing, key=lambda k: k.sign_from, default=None)
+
+
+def published_keys(keys: Iterable[KeyRecord], now: float) -> list[KeyRecord]:
+    return sorted((k for k in keys if k.state(now) != "gone"), key=lambda k: k.sign_from)
+
+
+def next_event(keys: Iterable[KeyRecord], now: float) -> float:
+    """The next moment any key changes state; views derived from the ring hold until then."""
+    times = [t for k in keys for t in (k.sign_from, k.sign_until, k.remove_at) if t > now]
+    return min(times, default=float("inf"))
+
+
+def _extend(key: KeyRecord, sign_until: int, policy: Policy) -> KeyRecord:
+    return dataclasses.replace(
+        key,
+        sign_until=sign_until,
+        remove_at=max(key.remove_at, sign_until + policy.retire_keep),
+    )
+
+
+def _new(kid_and_sealed: tuple[str, dict[str, Any]], alg: str, now: int, start: int,
+         policy: Policy) -> KeyRecord:
+    kid, sealed = kid_and_sealed
+    until = start + policy.rotation_period
+    return KeyRecord(
+        kid=kid,
+        alg=alg,
+        created_at=now,
+        sign_from=start,
+        sign_until=until,
+        remove_at=until + policy.retire_keep,
+        private=sealed,
+    )
+
+
+def maintain(
+    doc: RingDoc | None,
+    now: int,
+    policy: Policy,
+    new_key: NewKey,
+    new_secret: Callable[[], dict[str, Any]],
+) -> RingDoc | None:
+    """The ring as it should be at `now`, or None when nothing needs to change.
+
+    Run by whichever replica holds the store's write lock; idempotent, so a replica that
+    races another and loses simply finds nothing left to do.
+    """
+    keys = [k for k in (doc.keys if doc else ()) if k.state(now) != "gone"]
+    secret = doc.request_secret if doc else new_secret()
+    changed = doc is None or len(keys) != len(doc.keys)
+
+    current = current_key(keys, now)
+    if current is None:
+        changed = True
+        current, keys = _restore_current(keys, now, policy, new_key)
+
+    if not any(k.state(now) == "next" for k in keys):
+        changed = True
+        start = max(current.sign_until, now + policy.publish_lead)
+        if start > current.sign_until:
+            # A period shorter than the publish lead: the current key signs on until its
+            # successor has been published long enough.
+            extended = _extend(current, start, policy)
+            keys = [extended if k.kid == current.kid else k for k in keys]
+        keys.append(_new(new_key(policy.alg), policy.alg, now, start, policy))
+
+    if not changed:
+        return None
+    version = doc.version + 1 if doc else 1
+    keys.sort(key=lambda k: k.sign_from)
+    return RingDoc(version=version, keys=tuple(keys), request_secret=secret)
+
+
+def _restore_current(
+    keys: list[KeyRecord], now: int, policy: Policy, new_key: NewKey
+) -> tuple[KeyRecord, list[KeyRecord]]:
+    """No key signs at `now` (the ring is new, or maintenance stopped for a whole window)."""
+    waiting = sorted((k for k in keys if k.state(now) == "next"), key=lambda k: k.sign_from)
+    ready = [k for k in waiting if now - k.created_at >= policy.publish_lead]
+    if ready:
+        # A next key published long enough ago may start now, ahead of its schedule.
+        promoted = dataclasses.replace(ready[0], sign_from=now)
+        return promoted, [promoted if k.kid == promoted.kid else k for k in keys]
+    retired = [k for k in keys if k.state(now) == "retired"]
+    if retired:
+        # Still published: let the latest retired key sign again until the next one may start.
+        last = max(retired, key=lambda k: k.sign_until)
+        until = waiting[0].sign_from if waiting else now + policy.rotation_period
+        extended = _extend(dataclasses.replace(last, sign_from=min(last.sign_from, now)), until,
+                           policy)
+        return extended, [extended if k.kid == last.kid else k for k in keys]
+    # Nothing is published at all, so no verifier can hold a stale JWKS: sign at once.
+    fresh = _new(new_key(policy.alg), policy.alg, now, now, policy)
+    if waiting:
+        fresh = _extend(dataclasses.replace(fresh, sign_until=now), waiting[0].sign_from, policy)
+    return fresh, [*keys, fresh]
+
+
+def rotate(
+    doc: RingDoc, now: int, policy: Policy, new_key: NewKey
+) -> tuple[RingDoc | None, str]:
+    """Force the next step now: the next key starts signing if it was published long enough.
+
+    Returns the new document (None when the rotation must wait) and a sentence for the operator.
+    """
+    current = current_key(doc.keys, now)
+    waiting = sorted((k for k in doc.keys if k.state(now) == "next"), key=lambda k: k.sign_from)
+    if not waiting:
+        return None, "no next key is published yet; run maintenance first (start the issuer)"
+    nxt = waiting[0]
+    ready_at = nxt.created_at + policy.publish_lead
+    if now < ready_at:
+        return None, (
+            f"key {nxt.kid} was published {now - nxt.created_at}s ago; to keep every verifier's "
+            f"cached JWKS valid it may only sign from {ready_at} (in {ready_at - now}s), and "
+            f"it will take over at {nxt.sign_from} as scheduled"
+        )
+    keys = list(doc.keys)
+    promoted = dataclasses.replace(
+        nxt, sign_from=now, sign_until=now + policy.rotation_period,
+        remove_at=max(nxt.remove_at, now + policy.rotation_period + policy.retire_keep),
+    )
+    keys = [promoted if k.kid == nxt.kid else k for k in keys]
+    if current is not None:
+        # Shortening a window keeps its remove_at (it only ever grows), so a replica that
+        # has not seen this change yet and signs on with the old key stays verifiable.
+        ended = dataclasses.replace(current, sign_until=now)
+        keys = [ended if k.kid == current.kid else k for k in keys]
+    # Later next keys keep contiguous windows after the promoted one.
+    start = promoted.sign_until
+    for other in waiting[1:]:
+        moved = dataclasses.replace(other, sign_from=max(other.sign_from, start))
+        moved = _extend(moved, max(moved.sign_until, moved.sign_from + policy.rotation_period),
+                        policy)
+        keys = [moved if k.kid == other.kid else k for k in keys]
+        start = moved.sign_until
+    interim = RingDoc(version=doc.version, keys=tuple(keys), request_secret=doc.request_secret)
+    after = maintain(interim, now, policy, new_key, lambda: doc.request_secret) or interim
+    final = RingDoc(version=doc.version + 1, keys=after.keys, request_secret=doc.request_secret)
+    return final, f"key {promoted.kid} signs from now; the previous key stays published until its tokens expire"

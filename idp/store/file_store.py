@@ -1,0 +1,111 @@
+"""The embedded store: files in `IDP_KEYS_DIR`, for a single host.
+
+Several gunicorn workers share it: writes take an exclusive `flock` on `.lock`, then replace the
+document with an atomic rename, so readers never see half a file and exactly one worker creates
+the first key. The ring document holds private keys: it is written 0600 in a 0700 folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from idp.config import Settings
+from idp.errors import ConfigError
+from idp.store.base import RingJson
+
+RING_FILE = "ring.json"
+
+
+class FileStore:
+    name = "file"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._closed = root / "closed-builds"
+
+    @classmethod
+    def create(cls, settings: Settings) -> FileStore:
+        root = settings.keys_dir
+        try:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (root / "closed-builds").mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"IDP_KEYS_DIR={str(root)!r} cannot be created ({exc.strerror}): point it at a "
+                "writable folder"
+            ) from None
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise ConfigError(
+                f"IDP_KEYS_DIR={str(root)!r} is not writable by this user: fix its owner or mode"
+            )
+        return cls(root)
+
+    def describe(self) -> str:
+        return f"files in {self.root}"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def read_ring(self) -> RingJson | None:
+        try:
+            text = (self.root / RING_FILE).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        doc = json.loads(text)
+        assert isinstance(doc, dict)
+        return doc
+
+    def update_ring(self, change: Callable[[RingJson | None], RingJson | None]) -> bool:
+        with self._locked():
+            new = change(self.read_ring())
+            if new is not None:
+                self._write_atomic(self.root / RING_FILE, json.dumps(new, indent=1).encode())
+        return True
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    # --- build state ---------------------------------------------------------------------
+
+    def _build_path(self, build_id: str) -> Path:
+        # Hashed so that no build id can name a path outside the folder.
+        return self._closed / hashlib.sha256(build_id.encode()).hexdigest()
+
+    def close_build(self, build_id: str, expires_at: int) -> None:
+        self._write_atomic(self._build_path(build_id), str(expires_at).encode())
+        self._prune_closed()
+
+    def is_build_closed(self, build_id: str) -> bool:
+        return self._build_path(build_id).exists()
+
+    def _prune_closed(self) -> None:
+        now = time.time()
+        for entry in self._closed.iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                if int(entry.read_text()) < now:
+                    entry.unlink()

@@ -1,0 +1,70 @@
+"""Fixtures shared by every test: settings, the app in-process, a private Redis, a live issuer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from idp.app import create_app
+from idp.config import Settings, load_settings
+from tests.support import CI_SECRET, IssuerProcess, RedisServer
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Settings as the environment would give them: make_settings(IDP_TOKEN_TTL="60")."""
+
+    def make(**env: str) -> Settings:
+        base = {"IDP_KEYS_DIR": str(tmp_path / "keys"), "IDP_CI_SECRET": CI_SECRET}
+        return load_settings({**base, **env})
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings) -> Settings:  # type: ignore[no-untyped-def]
+    return make_settings()
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Flask]:
+    app = create_app(settings, start_refresh=False)
+    app.config["TESTING"] = True
+    yield app
+    app.extensions["idp.keyring"].stop()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One private redis-server per test session, on a free port (never the machine's 6379)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The private Redis, emptied for this test (it is ours alone, so flushing it is safe)."""
+    if redis_server.proc is None:
+        redis_server.start()
+    client = redis_server.client()
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def live_issuer(tmp_path: Path) -> Iterator[IssuerProcess]:
+    """`idp serve` on a free loopback port with the file store in a fresh folder."""
+    with IssuerProcess({"IDP_KEYS_DIR": str(tmp_path / "live-keys")}) as proc:
+        yield proc

@@ -1,0 +1,150 @@
+"""Real parts for the tests: a private redis-server and the issuer as a real process.
+
+Nothing here is a mock. The machine may run its own Redis on 6379: these helpers never touch it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+CI_SECRET = "ci-secret-for-tests-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            last = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out waiting for {what or predicate}: {last}")
+
+
+class RedisServer:
+    """A private redis-server from the binary on PATH, on a free loopback port."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not on PATH: run `make system-deps` (apt)")
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        wait_for(client.ping, what=f"redis-server on port {self.port}")
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def client(self):  # type: ignore[no-untyped-def]
+        import redis
+
+        return redis.Redis.from_url(self.url)
+
+
+class IssuerProcess:
+    """`idp serve` in a subprocess, exactly as operators run it."""
+
+    def __init__(self, env: Mapping[str, str], workers: int = 1, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.workers = workers
+        self.issuer = f"http://127.0.0.1:{self.port}/_services/token"
+        self.env = {
+            **os.environ,
+            "IDP_ISSUER": self.issuer,
+            "IDP_CI_SECRET": CI_SECRET,
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = b""
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> IssuerProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "idp", "serve", "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", str(self.workers)],
+            env=self.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        if wait:
+            try:
+                wait_for(self._ready, timeout=30, what=f"issuer on port {self.port}")
+            except TimeoutError:
+                self.stop()
+                raise RuntimeError(f"issuer did not start:\n{self.log.decode(errors='replace')}")
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            self.log = self.proc.stdout.read() if self.proc.stdout else b""
+            raise RuntimeError(f"issuer exited:\n{self.log.decode(errors='replace')}")
+        return requests.get(f"{self.issuer}/healthz", timeout=1).status_code == 200
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.log += self.proc.stdout.read()
+            self.proc.stdout.close()
+        self.proc = None
+
+    def __enter__(self) -> IssuerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def issuer_process(env: Mapping[str, str], workers: int = 1) -> Iterator[IssuerProcess]:
+    proc = IssuerProcess(env, workers=workers)
+    with proc:
+        yield proc
