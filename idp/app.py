@@ -39,9 +39,10 @@ def create_app(
     app.extensions["idp.keyring"] = keyring
     app.extensions["idp.store"] = store
 
-    from idp.views import errors, health, oidc
+    from idp.views import errors, health, oidc, tokens
 
     errors.init_app(app)
     oidc.init_app(app, settings)
+    tokens.init_app(app, settings)
     health.init_app(app, settings)
     return app

@@ -31,6 +31,7 @@ from idp.keys.ring import (
     RingDoc,
     current_key,
     maintain,
+    needs_maintenance,
     next_event,
     published_keys,
     rotate,
@@ -108,11 +109,7 @@ class KeyRing:
         self._last_error = message
 
     def _due(self, doc: RingDoc, now: int) -> bool:
-        if any(k.state(now) == "gone" for k in doc.keys):
-            return True
-        if current_key(doc.keys, now) is None:
-            return True
-        if not any(k.state(now) == "next" for k in doc.keys):
+        if needs_maintenance(doc, now, self.policy):
             return True
         # Re-seal under a new key-encryption key once the operator has rotated it.
         if self.sealer.encrypts and any(

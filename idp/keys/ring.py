@@ -149,6 +149,27 @@ def _new(kid_and_sealed: tuple[str, dict[str, Any]], alg: str, now: int, start: 
     )
 
 
+def prepare_at(current: KeyRecord, policy: Policy) -> int:
+    """When the successor of `current` is created: half-way through its window (as SPIRE
+    prepares at half-life), and never later than two publish leads before the switch."""
+    lead_point = current.sign_until - 2 * policy.publish_lead
+    half_life = current.sign_from + (current.sign_until - current.sign_from) // 2
+    return max(current.sign_from, min(lead_point, half_life))
+
+
+def needs_maintenance(doc: RingDoc | None, now: int, policy: Policy) -> bool:
+    """Whether `maintain` would change the ring; cheap, so every replica can ask it often."""
+    if doc is None:
+        return True
+    if any(k.state(now) == "gone" for k in doc.keys):
+        return True
+    current = current_key(doc.keys, now)
+    if current is None:
+        return True
+    has_next = any(k.state(now) == "next" for k in doc.keys)
+    return not has_next and now >= prepare_at(current, policy)
+
+
 def maintain(
     doc: RingDoc | None,
     now: int,
@@ -161,17 +182,16 @@ def maintain(
     Run by whichever replica holds the store's write lock; idempotent, so a replica that
     races another and loses simply finds nothing left to do.
     """
+    if not needs_maintenance(doc, now, policy):
+        return None
     keys = [k for k in (doc.keys if doc else ()) if k.state(now) != "gone"]
     secret = doc.request_secret if doc else new_secret()
-    changed = doc is None or len(keys) != len(doc.keys)
 
     current = current_key(keys, now)
     if current is None:
-        changed = True
         current, keys = _restore_current(keys, now, policy, new_key)
 
-    if not any(k.state(now) == "next" for k in keys):
-        changed = True
+    if not any(k.state(now) == "next" for k in keys) and now >= prepare_at(current, policy):
         start = max(current.sign_until, now + policy.publish_lead)
         if start > current.sign_until:
             # A period shorter than the publish lead: the current key signs on until its
@@ -180,8 +200,6 @@ def maintain(
             keys = [extended if k.kid == current.kid else k for k in keys]
         keys.append(_new(new_key(policy.alg), policy.alg, now, start, policy))
 
-    if not changed:
-        return None
     version = doc.version + 1 if doc else 1
     keys.sort(key=lambda k: k.sign_from)
     return RingDoc(version=version, keys=tuple(keys), request_secret=secret)
@@ -222,7 +240,20 @@ def rotate(
     current = current_key(doc.keys, now)
     waiting = sorted((k for k in doc.keys if k.state(now) == "next"), key=lambda k: k.sign_from)
     if not waiting:
-        return None, "no next key is published yet; run maintenance first (start the issuer)"
+        # Publish a successor now; it may sign once every cached JWKS can hold it.
+        start = now + policy.publish_lead
+        fresh = _new(new_key(policy.alg), policy.alg, now, start, policy)
+        keys = list(doc.keys)
+        if current is not None and current.sign_until != start:
+            moved = _extend(current, start, policy)
+            keys = [moved if k.kid == current.kid else k for k in keys]
+        keys.append(fresh)
+        keys.sort(key=lambda k: k.sign_from)
+        return RingDoc(doc.version + 1, tuple(keys), doc.request_secret), (
+            f"published new key {fresh.kid}; to keep every verifier's cached JWKS valid it "
+            f"starts signing at {start} (in {policy.publish_lead}s); run rotate again then "
+            "or let the schedule take over"
+        )
     nxt = waiting[0]
     ready_at = nxt.created_at + policy.publish_lead
     if now < ready_at:

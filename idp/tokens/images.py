@@ -1,0 +1,89 @@
+"""Container image references, by the grammar of distribution/reference (Docker's).
+
+    reference := name [ ":" tag ] [ "@" digest ]
+    name      := [ domain "/" ] path-component [ "/" path-component ]*
+    domain    := host [ ":" port ]
+
+The first component is a registry only when it looks like one (has a `.` or a `:`, or is
+`localhost`), so `registry:5000/img:tag` is the image `registry:5000/img` with tag `tag` —
+the case Vela's own parser gets wrong by splitting at the first colon.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_ALNUM = r"[a-z0-9]+"
+_SEPARATOR = r"(?:[._]|__|-+)"
+_PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_IPV6 = r"\[(?:[a-fA-F0-9:]+)\]"
+_HOST = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|{_IPV6})"
+_DOMAIN = rf"{_HOST}(?::[0-9]+)?"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+
+_REFERENCE = re.compile(
+    rf"(?P<name>(?:(?P<domain>{_DOMAIN})/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
+    rf"(?::(?P<tag>{_TAG}))?"
+    rf"(?:@(?P<digest>{_DIGEST}))?",
+    re.ASCII,
+)
+
+NAME_MAX = 255
+
+
+class InvalidImageReference(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ImageReference:
+    name: str  # as written: registry (with port) and path, no tag, no digest
+    tag: str  # "latest" when none is given, as Docker assumes
+    digest: str | None
+    tag_given: bool
+
+    def __str__(self) -> str:
+        text = self.name
+        if self.tag_given:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
+
+def _looks_like_domain(component: str) -> bool:
+    return "." in component or ":" in component or component == "localhost" or (
+        component != component.lower()
+    )
+
+
+def parse_image(reference: str) -> ImageReference:
+    """Split a reference into name, tag and digest, or raise InvalidImageReference."""
+    match = _REFERENCE.fullmatch(reference)
+    if match is None:
+        raise InvalidImageReference(
+            f"{reference!r} is not a valid image reference: expected "
+            "[registry[:port]/]path[:tag][@algorithm:hex], lowercase path, e.g. "
+            "registry.example.com:5000/team/app:1.2"
+        )
+    name = match["name"]
+    domain = match["domain"]
+    if domain is not None and not _looks_like_domain(domain):
+        # `team/app`: the first component is a path, not a registry; it must then follow the
+        # lowercase path grammar, which the name regex already checked for later components.
+        if not re.fullmatch(_PATH_COMPONENT, domain):
+            raise InvalidImageReference(
+                f"{reference!r} is not a valid image reference: {domain!r} is neither a "
+                "registry host (it has no '.' or ':') nor a lowercase path component"
+            )
+    if len(name) > NAME_MAX:
+        raise InvalidImageReference(
+            f"the image name in {reference[:80]!r}... is over {NAME_MAX} characters"
+        )
+    tag = match["tag"]
+    return ImageReference(
+        name=name, tag=tag or "latest", digest=match["digest"], tag_given=tag is not None
+    )

@@ -1,0 +1,98 @@
+"""Request tokens: what a step holds to ask for ID tokens.
+
+A request token is a JWT signed with HS256 under a server secret kept in the key ring (never a
+key of the published JWKS), with its own `typ`, so it can never verify as an ID token anywhere
+and an ID token can never pass as a request token here. It carries the validated build context,
+so the exchange needs no lookup but one: whether its build was closed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from joserfc import jwt
+from joserfc.errors import ExpiredTokenError, JoseError
+from joserfc.jwk import OctKey
+from joserfc.jwt import JWTClaimsRegistry
+
+from idp.errors import InvalidRequest, InvalidToken
+from idp.tokens.context import BuildContext, parse_context
+
+TYP = "idp-request+jwt"
+ALG = "HS256"
+MAX_TOKEN_LENGTH = 8192
+
+
+@dataclass(frozen=True)
+class RequestToken:
+    token: str
+    jti: str
+    expires_at: int
+    context: BuildContext
+
+
+def audience_of(issuer: str) -> str:
+    # Request tokens are addressed to the issuer's own exchange, nothing else.
+    return f"{issuer}/id-token"
+
+
+def issue(ctx: BuildContext, key: OctKey, issuer: str, now: int, default_ttl: int) -> RequestToken:
+    ttl = ctx.ttl or default_ttl
+    jti = str(uuid.uuid4())
+    claims = {
+        "iss": issuer,
+        "aud": audience_of(issuer),
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl,
+        "jti": jti,
+        "ctx": ctx.to_json(),
+    }
+    token = jwt.encode({"alg": ALG, "typ": TYP}, claims, key, algorithms=[ALG])
+    return RequestToken(token=token, jti=jti, expires_at=now + ttl, context=ctx)
+
+
+def verify(token: str, key: OctKey, issuer: str, now: int) -> RequestToken:
+    """Check signature, type, issuer, audience and time; raise InvalidToken saying which failed."""
+    if len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
+        raise InvalidToken("the request token is malformed: pass the value of "
+                           "ACTIONS_ID_TOKEN_REQUEST_TOKEN or VELA_ID_TOKEN_REQUEST_TOKEN as is")
+    try:
+        # Only HS256 under our secret: `alg: none`, an RS256 ID token and an HS256 token
+        # forged with a public key as the secret all fail here.
+        decoded = jwt.decode(token, key, algorithms=[ALG])
+    except (JoseError, ValueError, TypeError):
+        raise InvalidToken(
+            "the request token is not valid for this issuer (bad signature or encoding); "
+            "ask the CI server for a new one"
+        ) from None
+    if decoded.header.get("typ") != TYP:
+        raise InvalidToken("the bearer token is not a request token of this issuer")
+    registry = JWTClaimsRegistry(
+        now=now,
+        leeway=0,
+        iss={"essential": True, "value": issuer},
+        aud={"essential": True, "value": audience_of(issuer)},
+        exp={"essential": True},
+        jti={"essential": True},
+    )
+    try:
+        registry.validate(decoded.claims)
+    except ExpiredTokenError:
+        raise InvalidToken(
+            "the request token has expired: the step ran longer than its ttl; "
+            "raise the build context's ttl on the CI server"
+        ) from None
+    except JoseError as exc:
+        raise InvalidToken(f"the request token was not issued for this issuer ({exc})") from None
+    try:
+        ctx = parse_context(decoded.claims.get("ctx"))
+    except InvalidRequest:
+        raise InvalidToken("the request token carries no valid build context") from None
+    return RequestToken(
+        token=token,
+        jti=str(decoded.claims["jti"]),
+        expires_at=int(decoded.claims["exp"]),
+        context=ctx,
+    )

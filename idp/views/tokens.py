@@ -1,0 +1,145 @@
+"""The token flow, top to bottom.
+
+1. The CI server opens a request token for a step:      POST   <issuer>/request-tokens
+2. The step exchanges it for an ID token, GitHub's way:  GET    <issuer>/id-token?audience=A
+   or Vela's way:        GET /api/v1/repos/<org>/<repo>/builds/<number>/id_token?audience=A
+3. The CI server closes the build when it ends:          DELETE <issuer>/builds/<build_id>
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+
+from flask import Blueprint, Flask, Response, jsonify, request
+
+from idp.config import Settings
+from idp.errors import Forbidden, InvalidRequest, InvalidToken
+from idp.tokens import request_tokens
+from idp.tokens.claims import id_token_claims, validate_audiences
+from idp.tokens.context import MAX_TTL, parse_context
+from idp.tokens.request_tokens import RequestToken
+from idp.views import keyring, store
+
+log = logging.getLogger(__name__)
+
+
+def _bearer(what: str) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    # RFC 6750: the scheme is case-insensitive; clients send "bearer" and "Bearer".
+    if scheme.lower() != "bearer" or not value.strip():
+        raise InvalidToken(f"send {what} as 'Authorization: Bearer <token>'")
+    return value.strip()
+
+
+def _require_ci_server(settings: Settings) -> None:
+    if not settings.ci_secrets:
+        raise Forbidden(
+            "the request-token API is closed on this issuer: set IDP_CI_SECRET to the CI "
+            "server's bearer secret to open it"
+        )
+    presented = _bearer("the CI server's secret (IDP_CI_SECRET)").encode()
+    # Compare against every configured secret, in constant time, without stopping early.
+    matched = False
+    for secret in settings.ci_secrets:
+        matched |= hmac.compare_digest(presented, secret.encode())
+    if not matched:
+        raise InvalidToken("the CI server secret is wrong: use a value listed in IDP_CI_SECRET")
+
+
+def _no_store(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return response
+
+
+def _open_request_token(settings: Settings) -> RequestToken:
+    token = _bearer("the step's request token")
+    now = int(time.time())
+    opened = request_tokens.verify(token, keyring().request_key, settings.issuer, now)
+    if store().is_build_closed(opened.context.build_id):
+        raise InvalidToken(
+            f"build {opened.context.build_id} is closed: request tokens of a finished build "
+            "stop working; run the step in a new build"
+        )
+    return opened
+
+
+def _mint(settings: Settings, opened: RequestToken) -> str:
+    audiences = validate_audiences(request.args.getlist("audience"), settings)
+    claims = id_token_claims(opened.context, audiences, settings, int(time.time()))
+    token, kid = keyring().sign(claims)
+    log.info(
+        "minted id token jti=%s sub=%s aud=%s kid=%s build=%s step=%s",
+        claims["jti"], claims["sub"], claims["aud"], kid, claims["build_id"], claims["step"],
+    )
+    return token
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    bp = Blueprint("tokens", __name__, url_prefix=settings.issuer_path or None)
+
+    @bp.post("/request-tokens")
+    def open_request_token() -> Response:
+        _require_ci_server(settings)
+        if not request.is_json:
+            raise InvalidRequest("send the build context as JSON (Content-Type: application/json)")
+        body = request.get_json(silent=True)
+        if body is None:
+            raise InvalidRequest("the body is not valid JSON: send the build context as an object")
+        ctx = parse_context(body)
+        if store().is_build_closed(ctx.build_id):
+            raise InvalidRequest(f"build {ctx.build_id} is already closed: it cannot get new steps")
+        issued = request_tokens.issue(
+            ctx, keyring().request_key, settings.issuer, int(time.time()),
+            settings.request_token_ttl,
+        )
+        vela_url = (
+            f"{settings.origin}/api/v1/repos/{ctx.org}/{ctx.name}/builds/{ctx.build_number}"
+            "/id_token"
+        )
+        response = jsonify(
+            token=issued.token,
+            expires_at=issued.expires_at,
+            env={
+                "VELA_ID_TOKEN_REQUEST_URL": vela_url,
+                "VELA_ID_TOKEN_REQUEST_TOKEN": issued.token,
+                # Clients append "&audience=...", so the URL already carries a query string.
+                "ACTIONS_ID_TOKEN_REQUEST_URL": f"{settings.issuer}/id-token?api-version=2.0",
+                "ACTIONS_ID_TOKEN_REQUEST_TOKEN": issued.token,
+            },
+        )
+        return _no_store(response)
+
+    @bp.delete("/builds/<build_id>")
+    def close_build(build_id: str) -> Response:
+        _require_ci_server(settings)
+        if not build_id.isdigit() or len(build_id) > 20:
+            raise InvalidRequest("the build id must be the build's number id, digits only")
+        # Kept closed past the longest life a request token can have.
+        store().close_build(build_id, int(time.time()) + MAX_TTL + settings.clock_skew)
+        return _no_store(jsonify(build_id=build_id, closed=True))
+
+    @bp.get("/id-token")
+    def github_exchange() -> Response:
+        opened = _open_request_token(settings)
+        return _no_store(jsonify(value=_mint(settings, opened)))
+
+    app.register_blueprint(bp)
+
+    vela = Blueprint("vela", __name__)
+
+    @vela.get("/api/v1/repos/<org>/<repo>/builds/<build_number>/id_token")
+    def vela_exchange(org: str, repo: str, build_number: str) -> Response:
+        opened = _open_request_token(settings)
+        ctx = opened.context
+        if f"{org}/{repo}" != ctx.repo or build_number != ctx.build_number:
+            raise Forbidden(
+                f"this request token belongs to {ctx.repo} build {ctx.build_number}, not "
+                f"{org}/{repo} build {build_number}: use the step's own VELA_ID_TOKEN_REQUEST_URL"
+            )
+        return _no_store(jsonify(token=_mint(settings, opened)))
+
+    app.register_blueprint(vela)

@@ -1,0 +1,73 @@
+"""Configuration: defaults, X_FILE, and one clear error naming the variable for bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from idp.config import Settings, load_settings
+from idp.errors import ConfigError
+
+
+def test_defaults_follow_the_interface() -> None:
+    s = load_settings({})
+    assert s.issuer == "http://127.0.0.1:8080/_services/token"
+    assert s.issuer_path == "/_services/token"
+    assert s.redis_url is None and s.keys_dir == Path("keys")
+    assert (s.signing_alg, s.token_ttl, s.rotation_period) == ("RS256", 300, 86400)
+    assert s.subject_claims == ("repo", "ref", "event")
+    assert s.audiences is None and s.aws_session_tags == () and s.ci_secrets == ()
+
+
+def test_every_variable_can_come_from_a_file(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("one-secret-value,two-secret-value\n")
+    (tmp_path / "ttl").write_text("120")
+    s = load_settings(
+        {"IDP_CI_SECRET_FILE": str(tmp_path / "secret"), "IDP_TOKEN_TTL_FILE": str(tmp_path / "ttl")}
+    )
+    assert s.ci_secrets == ("one-secret-value", "two-secret-value")
+    assert s.token_ttl == 120
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"IDP_ISSUER": "not a url"}, "IDP_ISSUER"),
+        ({"IDP_ISSUER": "ftp://ci.example.com/x"}, "IDP_ISSUER"),
+        ({"IDP_ISSUER": "https://ci.example.com/_services/token/"}, "IDP_ISSUER"),
+        ({"IDP_ISSUER": "https://ci.example.com/x?a=b"}, "IDP_ISSUER"),
+        ({"IDP_ISSUER": "https://user:pw@ci.example.com"}, "IDP_ISSUER"),
+        ({"IDP_ISSUER": "https://ci.example.com:99999/x"}, "IDP_ISSUER"),
+        ({"IDP_SIGNING_ALG": "HS256"}, "IDP_SIGNING_ALG"),
+        ({"IDP_SIGNING_ALG": "none"}, "IDP_SIGNING_ALG"),
+        ({"IDP_TOKEN_TTL": "abc"}, "IDP_TOKEN_TTL"),
+        ({"IDP_TOKEN_TTL": "0"}, "IDP_TOKEN_TTL"),
+        ({"IDP_TOKEN_TTL": "-5"}, "IDP_TOKEN_TTL"),
+        ({"IDP_TOKEN_TTL": "1.5"}, "IDP_TOKEN_TTL"),
+        ({"IDP_ROTATION_PERIOD": "soon"}, "IDP_ROTATION_PERIOD"),
+        ({"IDP_ROTATION_PERIOD": "10"}, "IDP_ROTATION_PERIOD"),  # would publish too many keys
+        ({"IDP_REDIS_URL": "http://localhost:6379"}, "IDP_REDIS_URL"),
+        ({"IDP_SUBJECT_CLAIMS": "ref,repo"}, "IDP_SUBJECT_CLAIMS"),
+        ({"IDP_SUBJECT_CLAIMS": "repo,colour"}, "IDP_SUBJECT_CLAIMS"),
+        ({"IDP_SUBJECT_CLAIMS": "repo,ref,ref"}, "IDP_SUBJECT_CLAIMS"),
+        ({"IDP_AWS_SESSION_TAGS": "image_name,secret"}, "IDP_AWS_SESSION_TAGS"),
+        ({"IDP_KEY_ENCRYPTION_KEY": "short"}, "IDP_KEY_ENCRYPTION_KEY"),
+        ({"IDP_LOG_FORMAT": "xml"}, "IDP_LOG_FORMAT"),
+        ({"IDP_TOKEN_TTL": "5", "IDP_TOKEN_TTL_FILE": "/x"}, "IDP_TOKEN_TTL"),
+        ({"IDP_CI_SECRET_FILE": "/nonexistent/secret"}, "IDP_CI_SECRET_FILE"),
+    ],
+)
+def test_a_bad_value_names_its_variable(env: dict[str, str], names: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    message = info.value.description
+    assert names in message
+    assert "\n" not in message
+
+
+def test_local_development_means_plain_http_on_loopback() -> None:
+    assert Settings(issuer="http://127.0.0.1:8080/x").is_local_development
+    assert Settings(issuer="http://localhost:8080").is_local_development
+    assert not Settings(issuer="https://127.0.0.1/x").is_local_development
+    assert not Settings(issuer="http://ci.example.com/x").is_local_development

@@ -1,0 +1,145 @@
+"""The key life rules, as pure functions of (document, now, policy)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from idp.keys.ring import (
+    Policy,
+    RingDoc,
+    current_key,
+    maintain,
+    needs_maintenance,
+    published_keys,
+    rotate,
+)
+
+POLICY = Policy(alg="RS256", rotation_period=1000, publish_lead=100, retire_keep=400)
+_ids = itertools.count(1)
+
+
+def new_key(alg: str) -> tuple[str, dict]:
+    return f"k{next(_ids)}", {"plain": {"alg": alg}}
+
+
+def secret() -> dict:
+    return {"plain": {"k": "s"}}
+
+
+def run(doc: RingDoc | None, now: int, policy: Policy = POLICY) -> RingDoc:
+    return maintain(doc, now, policy, new_key, secret) or doc  # type: ignore[return-value]
+
+
+def states(doc: RingDoc, now: int) -> dict[str, str]:
+    return {k.kid: k.state(now) for k in doc.keys}
+
+
+def test_an_empty_ring_gets_one_key_that_signs_at_once() -> None:
+    doc = run(None, 0)
+    assert [k.state(0) for k in doc.keys] == ["current"]
+    assert doc.version == 1
+    assert not needs_maintenance(doc, 0, POLICY)
+
+
+def test_the_successor_is_prepared_at_half_life_and_published_a_lead_before_it_signs() -> None:
+    doc = run(None, 0)
+    assert run(doc, 499) is doc  # nothing to do before half-life
+    doc = run(doc, 500)
+    first, second = doc.keys
+    assert (first.state(500), second.state(500)) == ("current", "next")
+    assert second.sign_from == first.sign_until == 1000
+    assert second.sign_from - second.created_at >= POLICY.publish_lead
+
+
+def test_every_key_is_published_a_lead_before_it_signs_and_until_its_tokens_expire() -> None:
+    doc = run(None, 0)
+    seen: dict[str, tuple[int, int, int, int]] = {}
+    for now in range(0, 6000, 7):
+        doc = run(doc, now)
+        signing = current_key(doc.keys, now)
+        assert signing is not None, f"no signing key at {now}"
+        published = {k.kid for k in published_keys(doc.keys, now)}
+        assert signing.kid in published
+        assert 1 <= len(published) <= 3
+        for k in doc.keys:
+            seen[k.kid] = (k.created_at, k.sign_from, k.sign_until, k.remove_at)
+    for kid, (created, sign_from, sign_until, remove_at) in seen.items():
+        if created == 0:
+            continue  # the very first key signs at once: nothing was published before it
+        assert sign_from - created >= POLICY.publish_lead, kid
+        assert remove_at - sign_until >= POLICY.retire_keep, kid
+
+
+def test_gone_keys_are_dropped_and_the_ring_never_empties() -> None:
+    doc = run(None, 0)
+    for now in range(0, 3000, 50):
+        doc = run(doc, now)
+    assert all(k.state(3000 - 50) != "gone" for k in doc.keys)
+    assert len(doc.keys) <= 3
+
+
+def test_a_period_shorter_than_the_lead_extends_the_current_key() -> None:
+    short = Policy(alg="RS256", rotation_period=2, publish_lead=5, retire_keep=10)
+    doc = run(None, 0, short)
+    doc = run(doc, 0, short)
+    current, nxt = doc.keys
+    assert current.sign_until == nxt.sign_from == 5
+    assert nxt.sign_from - nxt.created_at >= short.publish_lead
+
+
+def test_a_ring_left_alone_past_every_window_recovers_without_breaking_publication() -> None:
+    doc = run(run(None, 0), 600)  # current k + next, next signs 1000..2000
+    late = 2200  # nobody maintained the ring for a whole window; k2 is retired, published
+    assert current_key(doc.keys, late) is None
+    doc = run(doc, late)
+    signing = current_key(doc.keys, late)
+    assert signing is not None
+    # The key that signs again was published all along (it is not a new, unknown key).
+    assert signing.created_at < late
+    assert signing.remove_at >= signing.sign_until + POLICY.retire_keep
+
+
+def test_a_ring_whose_keys_are_all_gone_starts_over_with_a_key_that_signs_at_once() -> None:
+    doc = run(run(None, 0), 600)
+    doc = run(doc, 5000)
+    assert [k.state(5000) for k in doc.keys] == ["current"]
+
+
+def test_rotate_promotes_a_next_key_published_long_enough() -> None:
+    doc = run(run(None, 0), 500)
+    old, nxt = doc.keys
+    new_doc, message = rotate(doc, 700, POLICY, new_key)
+    assert new_doc is not None and "signs from now" in message
+    assert current_key(new_doc.keys, 700).kid == nxt.kid  # type: ignore[union-attr]
+    retired = next(k for k in new_doc.keys if k.kid == old.kid)
+    assert retired.state(700) == "retired"
+    # remove_at never moves earlier: a replica that missed the rotation stays verifiable.
+    assert retired.remove_at == old.remove_at
+
+
+def test_rotate_refuses_to_sign_with_a_key_published_too_recently() -> None:
+    doc = run(run(None, 0), 500)
+    new_doc, message = rotate(doc, 550, POLICY, new_key)
+    assert new_doc is None
+    assert "may only sign from 600" in message
+
+
+def test_rotate_without_a_next_key_publishes_one_and_says_when_it_signs() -> None:
+    doc = run(None, 0)
+    new_doc, message = rotate(doc, 10, POLICY, new_key)
+    assert new_doc is not None
+    fresh = max(new_doc.keys, key=lambda k: k.created_at)
+    assert fresh.state(10) == "next" and fresh.sign_from == 110
+    assert "starts signing at 110" in message
+    assert current_key(new_doc.keys, 109) is not None
+
+
+@pytest.mark.parametrize("now", [0, 499, 500, 999, 1000, 1499, 1500, 2399])
+def test_states_follow_the_recorded_times(now: int) -> None:
+    doc = run(None, 0)
+    for t in range(0, now + 1, 50):
+        doc = run(doc, t)
+    doc = run(doc, now)
+    assert list(states(doc, now).values()).count("current") == 1
