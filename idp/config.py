@@ -8,6 +8,7 @@ line that names the variable and says what a good value looks like.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -100,15 +101,16 @@ class Settings:
         """How long a new key is published before any replica may sign with it.
 
         A verifier may hold a JWKS for `max-age`; a replica learns of a change within
-        `refresh_interval`; clocks may differ by `clock_skew`.
+        `refresh_interval`; clocks may differ by `clock_skew`; and ring times are whole
+        seconds, so one more second covers the rounding.
         """
-        return self.jwks_max_age + int(self.refresh_interval + 0.999) + self.clock_skew
+        return self.jwks_max_age + math.ceil(self.refresh_interval) + self.clock_skew + 1
 
     @property
     def retire_keep(self) -> int:
         """How long a key stays published after it stops signing: its last token's life."""
-        return self.token_ttl + self.clock_skew + self.jwks_max_age + int(
-            self.refresh_interval + 0.999
+        return self.token_ttl + self.clock_skew + self.jwks_max_age + math.ceil(
+            self.refresh_interval
         )
 
 

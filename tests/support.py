@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
@@ -87,10 +88,13 @@ class IssuerProcess:
     def __init__(self, env: Mapping[str, str], workers: int = 1, port: int | None = None) -> None:
         self.port = port or free_port()
         self.workers = workers
-        self.issuer = f"http://127.0.0.1:{self.port}/_services/token"
+        # The public issuer (what `iss` says) may differ from where this process listens,
+        # as for replicas behind one load balancer; `issuer` is where to reach this one.
+        public = env.get("IDP_ISSUER", f"http://127.0.0.1:{self.port}/_services/token")
+        self.issuer = f"http://127.0.0.1:{self.port}{urlsplit(public).path}"
         self.env = {
             **os.environ,
-            "IDP_ISSUER": self.issuer,
+            "IDP_ISSUER": public,
             "IDP_CI_SECRET": CI_SECRET,
             **env,
         }

@@ -85,7 +85,16 @@ class KeyRing:
         configuration error, never something to serve around.
         """
         try:
+            self.store.sync()
             raw = self.store.read_ring()
+            if raw is None and self._doc is not None:
+                # The store lost the ring (a Redis restarted without persistence). Our copy
+                # is the last good one: put it back rather than start a new ring, which
+                # would sign with unpublished keys and drop keys of live tokens.
+                log.warning("the key store lost the key ring; restoring it from this replica")
+                cached = self._doc.to_json()
+                self.store.update_ring(lambda current: None if current else cached)
+                raw = self.store.read_ring()
             doc = RingDoc.from_json(raw) if raw else None
             now = int(self.clock())
             if doc is None or self._due(doc, now):

@@ -117,7 +117,14 @@ def current_key(keys: Iterable[KeyRecord], now: float) -> KeyRecord | None:
 
 
 def published_keys(keys: Iterable[KeyRecord], now: float) -> list[KeyRecord]:
-    return sorted((k for k in keys if k.state(now) != "gone"), key=lambda k: k.sign_from)
+    """Keys in the JWKS at `now`. Never none: when a replica cut off from the store outlives
+    every key it knows, it keeps publishing the last one (a verifier with an empty JWKS can
+    verify nothing, and that key is what the ring resumes with)."""
+    keys = list(keys)
+    live = sorted((k for k in keys if k.state(now) != "gone"), key=lambda k: k.sign_from)
+    if not live and keys:
+        live = [max(keys, key=lambda k: k.sign_until)]
+    return live
 
 
 def next_event(keys: Iterable[KeyRecord], now: float) -> float:
@@ -184,7 +191,7 @@ def maintain(
     """
     if not needs_maintenance(doc, now, policy):
         return None
-    keys = [k for k in (doc.keys if doc else ()) if k.state(now) != "gone"]
+    keys = published_keys(doc.keys, now) if doc else []
     secret = doc.request_secret if doc else new_secret()
 
     current = current_key(keys, now)
@@ -215,15 +222,16 @@ def _restore_current(
         # A next key published long enough ago may start now, ahead of its schedule.
         promoted = dataclasses.replace(ready[0], sign_from=now)
         return promoted, [promoted if k.kid == promoted.kid else k for k in keys]
-    retired = [k for k in keys if k.state(now) == "retired"]
+    retired = [k for k in keys if k.state(now) in ("retired", "gone")]
     if retired:
-        # Still published: let the latest retired key sign again until the next one may start.
+        # Still published (a key past its removal time is here only as the last published
+        # one): let the latest sign again until the next one may start.
         last = max(retired, key=lambda k: k.sign_until)
         until = waiting[0].sign_from if waiting else now + policy.rotation_period
         extended = _extend(dataclasses.replace(last, sign_from=min(last.sign_from, now)), until,
                            policy)
         return extended, [extended if k.kid == last.kid else k for k in keys]
-    # Nothing is published at all, so no verifier can hold a stale JWKS: sign at once.
+    # A new ring: nothing was ever published, so no verifier can hold a stale JWKS.
     fresh = _new(new_key(policy.alg), policy.alg, now, now, policy)
     if waiting:
         fresh = _extend(dataclasses.replace(fresh, sign_until=now), waiting[0].sign_from, policy)

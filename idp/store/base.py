@@ -35,6 +35,10 @@ class Store(Protocol):
 
     def is_build_closed(self, build_id: str) -> bool: ...
 
+    def sync(self) -> None:
+        """Refresh whatever the backend mirrors in memory (run by the background refresher)."""
+        ...
+
     def describe(self) -> str:
         """Where the state lives, for logs and `idp keys list`."""
         ...

@@ -103,6 +103,9 @@ class FileStore:
     def is_build_closed(self, build_id: str) -> bool:
         return self._build_path(build_id).exists()
 
+    def sync(self) -> None:
+        """Nothing to mirror: every check reads the folder, which is always current."""
+
     def _prune_closed(self) -> None:
         now = time.time()
         for entry in self._closed.iterdir():

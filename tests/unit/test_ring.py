@@ -101,10 +101,14 @@ def test_a_ring_left_alone_past_every_window_recovers_without_breaking_publicati
     assert signing.remove_at >= signing.sign_until + POLICY.retire_keep
 
 
-def test_a_ring_whose_keys_are_all_gone_starts_over_with_a_key_that_signs_at_once() -> None:
+def test_a_ring_outlived_by_the_clock_resumes_with_its_last_published_key() -> None:
     doc = run(run(None, 0), 600)
+    last = max(doc.keys, key=lambda k: k.sign_until)
+    # Every key is past its removal time; the last one stays published, never an empty JWKS.
+    assert [k.kid for k in published_keys(doc.keys, 5000)] == [last.kid]
     doc = run(doc, 5000)
-    assert [k.state(5000) for k in doc.keys] == ["current"]
+    assert current_key(doc.keys, 5000).kid == last.kid  # type: ignore[union-attr]
+    assert all(k.state(5000) in ("current", "next") for k in doc.keys)
 
 
 def test_rotate_promotes_a_next_key_published_long_enough() -> None:

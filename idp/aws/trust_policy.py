@@ -1,0 +1,387 @@
+"""Role trust policies that AWS really evaluates.
+
+For an OIDC provider, STS exposes only four condition keys from the token: `<provider>:aud`,
+`:sub`, `:amr` and `:azp`. A condition on any other claim (`<provider>:image`,
+`<provider>:commands`, as in Vela's documentation) names a key that is never present, so it
+is never met and the role cannot be assumed at all. Every other claim reaches a policy one of
+two ways, and this module uses whichever the issuer offers:
+
+- inside `sub`, when the claim is in `IDP_SUBJECT_CLAIMS`: the subject is `key:value` pairs in
+  that order, joined by `:` (a `:` inside a value is written `%3A`), so one `StringLike` on
+  `sub` with a pattern per position matches them all;
+- as a session tag, when the claim is in `IDP_AWS_SESSION_TAGS`: the token carries it under
+  `https://aws.amazon.com/tags`, STS offers it as `aws:RequestTag/<claim>`, and the statement
+  must then also allow `sts:TagSession` (without it, every token that carries tags is refused).
+
+A request that neither way can express is refused, naming the setting to turn on; so is a
+policy without a condition on the repository, which any pipeline could assume.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from idp.aws import DEFAULT_AUDIENCE
+from idp.aws.errors import TrustPolicyError
+from idp.aws.tags import clean_tag_value
+from idp.config import CONTEXT_CLAIMS
+
+ASSUME_ROLE = "sts:AssumeRoleWithWebIdentity"
+TAG_SESSION = "sts:TagSession"
+POLICY_VERSION = "2012-10-17"
+DEFAULT_SUBJECT_CLAIMS = ("repo", "ref", "event")
+
+PROVIDER_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:oidc-provider/(?P<url>[^\s:?#]+)")
+ROLE_NAME = re.compile(r"[\w+=,.@-]{1,64}")
+
+_WILDCARD = re.compile(r"([*?])")
+
+# Which flag asks for a claim, for messages.
+_FLAGS = {
+    "repo": "--repo",
+    "ref": "--ref",
+    "event": "--event",
+    "image_name": "--image",
+    "image_tag": "--image (with a tag)",
+    "commands": "--commands",
+}
+
+
+# --- what the issuer exposes -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IssuerShape:
+    """How the issuer exposes claims to AWS: the subject's claims and the session tags."""
+
+    subject_claims: tuple[str, ...] = DEFAULT_SUBJECT_CLAIMS
+    session_tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name, claims in (
+            ("subject claims", self.subject_claims),
+            ("session tags", self.session_tags),
+        ):
+            unknown = [c for c in claims if c not in CONTEXT_CLAIMS]
+            if unknown:
+                raise TrustPolicyError(
+                    f"{name} name unknown claim {unknown[0]!r}: use keys from "
+                    f"{', '.join(CONTEXT_CLAIMS)}"
+                )
+            if len(set(claims)) != len(claims):
+                raise TrustPolicyError(f"{name} repeat a claim: list each claim once")
+        if not self.subject_claims or self.subject_claims[0] != "repo":
+            raise TrustPolicyError(
+                "the subject claims must start with repo, as IDP_SUBJECT_CLAIMS does: "
+                "e.g. repo,ref,event"
+            )
+
+
+def parse_claim_list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+# --- what the operator asks for --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """The pipelines a role lets in; each pattern is AWS `StringLike` (`*`, `?`)."""
+
+    repo: str | None = None  # ORG/REPO or ORG/*; `repo:ORG/REPO:*` as in GitHub's docs works too
+    image: str | None = None  # NAME or NAME:TAG, matched against image_name and image_tag
+    commands: bool | None = None
+    ref: str | None = None
+    event: str | None = None
+    claims: tuple[tuple[str, str], ...] = ()  # any other claim: (key, pattern)
+    audience: str = DEFAULT_AUDIENCE
+    allow_any_repo: bool = False
+
+    def patterns(self) -> dict[str, str]:
+        """claim -> pattern for every claim the policy must constrain."""
+        patterns: dict[str, str] = {}
+        repo = _repo_pattern(self.repo, self.allow_any_repo)
+        if repo is not None:
+            patterns["repo"] = repo
+        for claim, value in (("ref", self.ref), ("event", self.event)):
+            if value is not None:
+                patterns[claim] = _check_pattern(value, f"--{claim}")
+        if self.image is not None:
+            patterns.update(_image_patterns(self.image))
+        if self.commands is not None:
+            patterns["commands"] = "true" if self.commands else "false"
+        for claim, value in self.claims:
+            if claim not in CONTEXT_CLAIMS:
+                raise TrustPolicyError(
+                    f"--claim {claim}=... names no claim of the token: use one of "
+                    f"{', '.join(CONTEXT_CLAIMS)}"
+                )
+            if claim in patterns or claim in ("repo", "image_name", "image_tag"):
+                flag = _FLAGS.get(claim, "--claim")
+                raise TrustPolicyError(
+                    f"{claim} is asked for twice: use {flag} once (not --claim {claim}=...)"
+                )
+            patterns[claim] = _check_pattern(value, f"--claim {claim}")
+        # A pattern of only wildcards constrains nothing: leave it out.
+        return {c: p for c, p in patterns.items() if _WILDCARD.sub("", p) or c == "repo"}
+
+
+def _check_pattern(pattern: str, flag: str) -> str:
+    if not pattern:
+        raise TrustPolicyError(f"{flag} is empty: give a value or a pattern such as 'main*'")
+    if "$" in pattern:
+        # `${...}` is a policy variable in a 2012-10-17 policy; no claim value holds a `$`.
+        raise TrustPolicyError(f"{flag} {pattern!r} contains '$': drop it")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in pattern):
+        raise TrustPolicyError(f"{flag} {pattern!r} contains control characters")
+    return pattern
+
+
+def _repo_pattern(repo: str | None, allow_any_repo: bool) -> str | None:
+    if repo is None or _WILDCARD.sub("", repo) == "":
+        if allow_any_repo:
+            return None
+        raise TrustPolicyError(
+            "no --repo: without a condition on the repository any pipeline could assume the "
+            "role; pass --repo ORG/REPO (or ORG/*), or --allow-any-repo if that is intended"
+        )
+    pattern = _check_pattern(repo, "--repo")
+    if pattern.startswith("repo:"):
+        pattern = pattern[len("repo:") :]
+    if pattern.endswith(":*"):
+        pattern = pattern[: -len(":*")]
+    if ":" in pattern or "/" not in pattern:
+        raise TrustPolicyError(
+            f"--repo {repo!r} is not ORG/REPO: give e.g. octo-org/octo-repo or octo-org/*"
+        )
+    org = pattern.split("/", 1)[0]
+    if _WILDCARD.search(org) and not allow_any_repo:
+        raise TrustPolicyError(
+            f"--repo {repo!r} has a wildcard in the organization, so a pipeline of any "
+            "matching organization could assume the role: name the organization, or pass "
+            "--allow-any-repo if that is intended"
+        )
+    return pattern
+
+
+def _image_patterns(image: str) -> dict[str, str]:
+    """NAME[:TAG] split the way image_name and image_tag are (Docker reference grammar)."""
+    pattern = _check_pattern(image, "--image")
+    if "@" in pattern:
+        raise TrustPolicyError(
+            f"--image {image!r} has a digest, which image_name and image_tag do not carry: "
+            "match by name and tag, e.g. golang:1.22*"
+        )
+    # The tag follows the last ':' after the last '/'; a ':' before a '/' is a registry port.
+    name, tag = pattern, None
+    last_slash = pattern.rfind("/")
+    colon = pattern.rfind(":")
+    if colon > last_slash:
+        name, tag = pattern[:colon], pattern[colon + 1 :]
+    if not name:
+        raise TrustPolicyError(f"--image {image!r} has no name: give e.g. golang or golang:1.22*")
+    if tag == "":
+        raise TrustPolicyError(f"--image {image!r} ends with ':': give a tag or drop the ':'")
+    patterns = {"image_name": name}
+    if tag is not None and _WILDCARD.sub("", tag):
+        patterns["image_tag"] = tag
+    return patterns
+
+
+# --- the policy ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Condition:
+    test: str  # StringEquals or StringLike
+    variable: str
+    value: str
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    provider_arn: str
+    actions: tuple[str, ...]
+    conditions: tuple[Condition, ...] = field(default_factory=tuple)
+
+    def document(self) -> dict[str, Any]:
+        conditions: dict[str, dict[str, str]] = {}
+        for condition in self.conditions:
+            conditions.setdefault(condition.test, {})[condition.variable] = condition.value
+        statement = {
+            "Effect": "Allow",
+            "Principal": {"Federated": self.provider_arn},
+            "Action": self.actions[0] if len(self.actions) == 1 else list(self.actions),
+            "Condition": conditions,
+        }
+        return {"Version": POLICY_VERSION, "Statement": [statement]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.document(), indent=2)
+
+    def to_terraform(self, role_name: str) -> str:
+        name = check_role_name(role_name)
+        ident = terraform_identifier(name)
+        lines = [
+            f'data "aws_iam_policy_document" "{ident}_trust" {{',
+            "  statement {",
+            '    effect  = "Allow"',
+            f"    actions = {_hcl_list(self.actions)}",
+            "",
+            "    principals {",
+            '      type        = "Federated"',
+            f"      identifiers = {_hcl_list([self.provider_arn])}",
+            "    }",
+        ]
+        for condition in self.conditions:
+            lines += [
+                "",
+                "    condition {",
+                f"      test     = {_hcl(condition.test)}",
+                f"      variable = {_hcl(condition.variable)}",
+                f"      values   = {_hcl_list([condition.value])}",
+                "    }",
+            ]
+        lines += [
+            "  }",
+            "}",
+            "",
+            f'resource "aws_iam_role" "{ident}" {{',
+            f"  name               = {_hcl(name)}",
+            f"  assume_role_policy = data.aws_iam_policy_document.{ident}_trust.json",
+            "}",
+        ]
+        return "\n".join(lines)
+
+
+def provider_url(provider_arn: str) -> str:
+    """The provider's URL as AWS stores it, which prefixes its condition keys."""
+    match = PROVIDER_ARN.fullmatch(provider_arn.strip())
+    if match is None:
+        raise TrustPolicyError(
+            f"--provider-arn {provider_arn!r} is not an IAM OIDC provider ARN: give the ARN "
+            "`idp aws register` prints, e.g. "
+            "arn:aws:iam::123456789012:oidc-provider/ci.example.com/_services/token"
+        )
+    return match.group("url")
+
+
+def build_trust_policy(provider_arn: str, wanted: Wanted, shape: IssuerShape) -> TrustPolicy:
+    """The trust policy that lets in exactly the pipelines `wanted` describes, or refuses."""
+    url = provider_url(provider_arn)
+    if not wanted.audience or "$" in wanted.audience:
+        raise TrustPolicyError(
+            f"--audience {wanted.audience!r} is not usable: e.g. {DEFAULT_AUDIENCE}"
+        )
+    patterns = wanted.patterns()
+    in_subject = {c: p for c, p in patterns.items() if c in shape.subject_claims}
+    in_tags = {c: p for c, p in patterns.items() if c not in in_subject and c in shape.session_tags}
+    missing = [c for c in patterns if c not in in_subject and c not in in_tags]
+    if missing:
+        raise TrustPolicyError(_missing_message(missing, shape))
+
+    conditions = [Condition("StringEquals", f"{url}:aud", wanted.audience)]
+    if in_subject:
+        subject = subject_pattern(in_subject, shape.subject_claims)
+        conditions.append(Condition(_test(subject), f"{url}:sub", subject))
+    for claim, pattern in in_tags.items():
+        value = tag_pattern(pattern)
+        conditions.append(Condition(_test(value), f"aws:RequestTag/{claim}", value))
+    if len(conditions) == 1 and not wanted.allow_any_repo:
+        raise TrustPolicyError(
+            "the policy would have no condition on sub or on a session tag, so any pipeline "
+            "could assume the role: pass --repo, or --allow-any-repo if that is intended"
+        )
+    # When the issuer sends session tags, STS also checks sts:TagSession for every token.
+    actions = (ASSUME_ROLE, TAG_SESSION) if shape.session_tags else (ASSUME_ROLE,)
+    return TrustPolicy(
+        provider_arn=provider_arn.strip(), actions=actions, conditions=tuple(conditions)
+    )
+
+
+def subject_pattern(patterns: Mapping[str, str], subject_claims: Iterable[str]) -> str:
+    """A `StringLike` pattern for `sub`: each claim's pattern in its place, `*` elsewhere."""
+    claims = list(subject_claims)
+    for claim, pattern in patterns.items():
+        _refuse_shiftable(claim, pattern, claims)
+    return ":".join(f"{c}:{escape_subject_value(patterns.get(c, '*'))}" for c in claims)
+
+
+def escape_subject_value(value: str) -> str:
+    """A value as the issuer writes it into `sub`: a `:` inside it becomes `%3A`."""
+    return value.replace(":", "%3A")
+
+
+def tag_pattern(pattern: str) -> str:
+    """A pattern for a session tag: literal parts cleaned as the issuer cleans tag values."""
+    return "".join(
+        part if _WILDCARD.fullmatch(part) else clean_tag_value(part)
+        for part in _WILDCARD.split(pattern)
+        if part
+    )
+
+
+def _refuse_shiftable(claim: str, pattern: str, keys: list[str]) -> None:
+    # Values never hold a ':', so sub's fields line up with the pattern's, unless a pattern
+    # could also match a claim *name*: then a crafted value equal to a name could shift the
+    # match by one field and satisfy this pattern with the next field's name.
+    matcher = string_like(escape_subject_value(pattern))
+    shadowed = [key for key in keys if matcher.fullmatch(key)]
+    if shadowed:
+        raise TrustPolicyError(
+            f"the pattern {pattern!r} for {claim} also matches the claim name "
+            f"{shadowed[0]!r} inside sub, which a crafted value could exploit: make the "
+            "pattern more specific"
+        )
+
+
+def string_like(pattern: str) -> re.Pattern[str]:
+    """AWS `StringLike`: `*` any run of characters, `?` one character, the rest literal."""
+    parts = _WILDCARD.split(pattern)
+    body = "".join(
+        ".*" if part == "*" else "." if part == "?" else re.escape(part) for part in parts
+    )
+    return re.compile(body, re.DOTALL)
+
+
+def _test(value: str) -> str:
+    return "StringLike" if _WILDCARD.search(value) else "StringEquals"
+
+
+def _missing_message(missing: list[str], shape: IssuerShape) -> str:
+    flags = ", ".join(dict.fromkeys(f"{_FLAGS.get(c, '--claim ' + c)} needs {c}" for c in missing))
+    subject = ",".join([*shape.subject_claims, *missing])
+    tags = ",".join([*shape.session_tags, *missing])
+    return (
+        f"AWS cannot see the claims this policy needs ({flags}): AWS evaluates only aud and "
+        f"sub of the token, plus session tags. On the issuer set IDP_AWS_SESSION_TAGS={tags} "
+        f"(roles of this issuer then need sts:TagSession) or IDP_SUBJECT_CLAIMS={subject} "
+        "(this changes every sub, so existing roles' sub conditions need updating), then run "
+        "this with the same --session-tags/--subject-claims"
+    )
+
+
+def check_role_name(name: str) -> str:
+    if not ROLE_NAME.fullmatch(name):
+        raise TrustPolicyError(
+            f"role name {name!r} is not one IAM accepts: use 1-64 letters, digits or +=,.@_-"
+        )
+    return name
+
+
+def terraform_identifier(name: str) -> str:
+    ident = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    return ident if ident[0].isalpha() or ident[0] == "_" else f"role_{ident}"
+
+
+def _hcl(value: str) -> str:
+    """A Terraform string literal: JSON escapes, plus `${`/`%{` kept literal."""
+    return json.dumps(value, ensure_ascii=False).replace("${", "$${").replace("%{", "%%{")
+
+
+def _hcl_list(values: Iterable[str]) -> str:
+    return "[" + ", ".join(_hcl(v) for v in values) + "]"

@@ -1,0 +1,95 @@
+"""The Redis key ring: shared, encrypted at rest, and refusing a wrong encryption key."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import redis as redis_lib
+
+from idp.app import create_app
+from idp.config import load_settings
+from idp.errors import ConfigError, KeyDecryptionError
+from idp.keys.keyring import KeyRing
+from idp.store import create_store
+from tests.support import ROOT, RedisServer
+
+KEK = "correct-horse-battery-staple-0123456789"
+OTHER_KEK = "a-completely-different-secret-9876543210"
+
+
+def ring(redis_url: str, **env: str) -> KeyRing:
+    settings = load_settings({"IDP_REDIS_URL": redis_url, "IDP_KEY_ENCRYPTION_KEY": KEK, **env})
+    keyring = KeyRing(settings, create_store(settings))
+    keyring.refresh()
+    return keyring
+
+
+def test_replicas_share_one_ring(redis_url: str) -> None:
+    first, second = ring(redis_url), ring(redis_url)
+    assert first.jwks().body == second.jwks().body
+    assert len(json.loads(first.jwks().body)["keys"]) == 1
+
+
+def test_private_keys_are_not_readable_in_redis(redis_url: str, redis_server: RedisServer) -> None:
+    keyring = ring(redis_url)
+    keyring.rotate_now()  # two keys and the request secret in the store
+    client = redis_server.client()
+    values = b"".join(client.dump(key) or b"" for key in client.keys("*"))
+    client.close()
+    assert b"PRIVATE KEY" not in values
+    assert b'"d":' not in values and b'"p":' not in values and b'"k":' not in values
+
+
+def test_a_start_with_the_wrong_encryption_key_fails_saying_so(redis_url: str) -> None:
+    ring(redis_url)
+    with pytest.raises(KeyDecryptionError, match="IDP_KEY_ENCRYPTION_KEY does not decrypt"):
+        ring(redis_url, IDP_KEY_ENCRYPTION_KEY=OTHER_KEK)
+    result = subprocess.run(
+        [sys.executable, "-m", "idp", "keys", "list"], capture_output=True, text=True,
+        timeout=60, cwd=ROOT,
+        env={**os.environ, "IDP_REDIS_URL": redis_url, "IDP_KEY_ENCRYPTION_KEY": OTHER_KEK},
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "IDP_KEY_ENCRYPTION_KEY" in result.stderr
+
+
+def test_the_encryption_key_can_be_rotated(redis_url: str, redis_server: RedisServer) -> None:
+    before = ring(redis_url).jwks().body
+    rotated = ring(redis_url, IDP_KEY_ENCRYPTION_KEY=f"{OTHER_KEK},{KEK}")
+    assert rotated.jwks().body == before
+    # Resealed under the new key: the old one alone no longer opens the ring.
+    assert ring(redis_url, IDP_KEY_ENCRYPTION_KEY=OTHER_KEK).jwks().body == before
+    with pytest.raises(KeyDecryptionError):
+        ring(redis_url)
+
+
+def test_redis_without_an_encryption_key_is_refused_outside_development(redis_url: str) -> None:
+    with pytest.raises(ConfigError, match="IDP_KEY_ENCRYPTION_KEY"):
+        create_store(load_settings({
+            "IDP_REDIS_URL": redis_url, "IDP_ISSUER": "https://ci.example.com/_services/token",
+        }))
+    # Plain http on loopback is development: allowed, with a warning.
+    create_store(load_settings({"IDP_REDIS_URL": redis_url}))
+
+
+def test_closed_builds_are_shared_and_survive_a_redis_that_forgot_them(
+    redis_url: str, make_settings
+) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(IDP_REDIS_URL=redis_url, IDP_KEY_ENCRYPTION_KEY=KEK)
+    one, two = create_store(settings), create_store(settings)
+    one.close_build("99", 2**31)
+    assert two.is_build_closed("99") and not two.is_build_closed("98")
+    two.sync()
+    redis_lib.Redis.from_url(redis_url).flushall()
+    assert two.is_build_closed("99")  # mirrored before Redis lost it
+
+
+def test_the_app_serves_from_redis(redis_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(IDP_REDIS_URL=redis_url, IDP_KEY_ENCRYPTION_KEY=KEK)
+    client = create_app(settings, start_refresh=False).test_client()
+    assert client.get("/_services/token/.well-known/jwks").status_code == 200
+    assert client.get("/_services/token/readyz").get_json()["ready"] is True
