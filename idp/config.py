@@ -109,8 +109,8 @@ class Settings:
     @property
     def retire_keep(self) -> int:
         """How long a key stays published after it stops signing: its last token's life."""
-        return self.token_ttl + self.clock_skew + self.jwks_max_age + math.ceil(
-            self.refresh_interval
+        return (
+            self.token_ttl + self.clock_skew + self.jwks_max_age + math.ceil(self.refresh_interval)
         )
 
 
@@ -130,7 +130,9 @@ def _raw(env: Mapping[str, str], name: str) -> str | None:
                 f"{name}_FILE={path!r} cannot be read ({exc.strerror}): point it at a readable file"
             ) from None
         except UnicodeDecodeError:
-            raise ConfigError(f"{name}_FILE={path!r} is not UTF-8 text: store the value as text") from None
+            raise ConfigError(
+                f"{name}_FILE={path!r} is not UTF-8 text: store the value as text"
+            ) from None
         # Files written by editors and `echo` end with a newline that is not part of the value.
         value = value.strip("\r\n")
     if value is not None and value.strip() == "":

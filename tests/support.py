@@ -60,9 +60,21 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         import redis
 
@@ -107,16 +119,30 @@ class IssuerProcess:
 
     def start(self, wait: bool = True) -> IssuerProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "idp", "serve", "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", str(self.workers)],
-            env=self.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "idp",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.workers),
+            ],
+            env=self.env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         if wait:
             try:
                 wait_for(self._ready, timeout=30, what=f"issuer on port {self.port}")
             except TimeoutError:
                 self.stop()
-                raise RuntimeError(f"issuer did not start:\n{self.log.decode(errors='replace')}")
+                log = self.log.decode(errors="replace")
+                raise RuntimeError(f"issuer did not start:\n{log}") from None
         return self
 
     def _ready(self) -> bool:

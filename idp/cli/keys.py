@@ -38,7 +38,9 @@ def list_keys(as_json: bool) -> None:
         click.echo(json.dumps({"store": ring.store.describe(), "keys": rows}, indent=2))
         return
     click.echo(f"key store: {ring.store.describe()}")
-    click.echo(f"{'KID':<44} {'ALG':<6} {'STATE':<8} {'SIGNS FROM':<21} {'SIGNS UNTIL':<21} REMOVED AT")
+    click.echo(
+        f"{'KID':<44} {'ALG':<6} {'STATE':<8} {'SIGNS FROM':<21} {'SIGNS UNTIL':<21} REMOVED AT"
+    )
     for row in rows:
         click.echo(
             f"{row['kid']:<44} {row['alg']:<6} {row['state']:<8} {_when(row['sign_from']):<21} "

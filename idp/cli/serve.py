@@ -23,7 +23,7 @@ from idp.keys.keyring import KeyRing
 from idp.store import create_store
 
 
-class _Gunicorn(BaseApplication):  # type: ignore[misc]
+class _Gunicorn(BaseApplication):
     def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
         self.settings = settings
         self.options = options
@@ -61,11 +61,21 @@ def gunicorn_options(host: str, port: int, workers: int) -> dict[str, Any]:
 
 @click.command()
 @click.option("--host", envvar="IDP_HOST", default="127.0.0.1", help="Address to listen on.")
-@click.option("--port", envvar="IDP_PORT", default=8080, type=click.IntRange(1, 65535),
-              help="Port to listen on.")
-@click.option("--workers", envvar="IDP_WORKERS", default=lambda: os.cpu_count() or 1,
-              type=click.IntRange(1, 256), show_default="CPU count",
-              help="gunicorn worker processes.")
+@click.option(
+    "--port",
+    envvar="IDP_PORT",
+    default=8080,
+    type=click.IntRange(1, 65535),
+    help="Port to listen on.",
+)
+@click.option(
+    "--workers",
+    envvar="IDP_WORKERS",
+    default=lambda: os.cpu_count() or 1,
+    type=click.IntRange(1, 256),
+    show_default="CPU count",
+    help="gunicorn worker processes.",
+)
 def serve(host: str, port: int, workers: int) -> None:
     """Run the issuer (gunicorn) with the settings from the IDP_* environment."""
     settings = load_settings()

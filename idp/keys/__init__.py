@@ -1,1 +1,4 @@
-"""The signing key ring: key life rules (`ring`), key material (`material`), the service (`keyring`)."""
+"""The signing key ring.
+
+Key life rules (`ring`), key material (`material`), the service views use (`keyring`).
+"""

@@ -121,11 +121,9 @@ class KeyRing:
         if needs_maintenance(doc, now, self.policy):
             return True
         # Re-seal under a new key-encryption key once the operator has rotated it.
-        if self.sealer.encrypts and any(
+        return self.sealer.encrypts and any(
             self.sealer.needs_reseal(s) for s in self._sealed_values(doc)
-        ):
-            return True
-        return False
+        )
 
     @staticmethod
     def _sealed_values(doc: RingDoc) -> list[dict[str, Any]]:
@@ -149,10 +147,13 @@ class KeyRing:
                 self.sealer.open(sealed, "key ring")
         new = maintain(doc, now, self.policy, self._new_key, self._new_secret)
         if new is None and doc is not None and self.sealer.encrypts:
-            new = doc if any(self.sealer.needs_reseal(s) for s in self._sealed_values(doc)) else None
+            new = (
+                doc if any(self.sealer.needs_reseal(s) for s in self._sealed_values(doc)) else None
+            )
             if new is not None:
-                new = RingDoc(version=doc.version + 1, keys=doc.keys,
-                              request_secret=doc.request_secret)
+                new = RingDoc(
+                    version=doc.version + 1, keys=doc.keys, request_secret=doc.request_secret
+                )
         if new is None:
             return None
         return self._reseal(new).to_json()
@@ -284,7 +285,9 @@ class KeyRing:
     def request_key(self) -> OctKey:
         key = self._request_key
         if key is None:
-            raise Unavailable("the key ring is not loaded yet; check that the key store is reachable")
+            raise Unavailable(
+                "the key ring is not loaded yet; check that the key store is reachable"
+            )
         return key
 
     def readiness(self) -> tuple[bool, str]:

@@ -131,7 +131,8 @@ class Sealer:
         if not self._keks:
             raise KeyDecryptionError(
                 f"the {what} is encrypted (key-encryption key id {kid}) but "
-                "IDP_KEY_ENCRYPTION_KEY is not set: set it to the secret the key ring was written with"
+                "IDP_KEY_ENCRYPTION_KEY is not set: set it to the secret the key ring was "
+                "written with"
             )
         raise KeyDecryptionError(
             f"IDP_KEY_ENCRYPTION_KEY does not decrypt the {what} (it was sealed with key id "

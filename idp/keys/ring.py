@@ -141,8 +141,9 @@ def _extend(key: KeyRecord, sign_until: int, policy: Policy) -> KeyRecord:
     )
 
 
-def _new(kid_and_sealed: tuple[str, dict[str, Any]], alg: str, now: int, start: int,
-         policy: Policy) -> KeyRecord:
+def _new(
+    kid_and_sealed: tuple[str, dict[str, Any]], alg: str, now: int, start: int, policy: Policy
+) -> KeyRecord:
     kid, sealed = kid_and_sealed
     until = start + policy.rotation_period
     return KeyRecord(
@@ -228,8 +229,9 @@ def _restore_current(
         # one): let the latest sign again until the next one may start.
         last = max(retired, key=lambda k: k.sign_until)
         until = waiting[0].sign_from if waiting else now + policy.rotation_period
-        extended = _extend(dataclasses.replace(last, sign_from=min(last.sign_from, now)), until,
-                           policy)
+        extended = _extend(
+            dataclasses.replace(last, sign_from=min(last.sign_from, now)), until, policy
+        )
         return extended, [extended if k.kid == last.kid else k for k in keys]
     # A new ring: nothing was ever published, so no verifier can hold a stale JWKS.
     fresh = _new(new_key(policy.alg), policy.alg, now, now, policy)
@@ -238,9 +240,7 @@ def _restore_current(
     return fresh, [*keys, fresh]
 
 
-def rotate(
-    doc: RingDoc, now: int, policy: Policy, new_key: NewKey
-) -> tuple[RingDoc | None, str]:
+def rotate(doc: RingDoc, now: int, policy: Policy, new_key: NewKey) -> tuple[RingDoc | None, str]:
     """Force the next step now: the next key starts signing if it was published long enough.
 
     Returns the new document (None when the rotation must wait) and a sentence for the operator.
@@ -272,7 +272,9 @@ def rotate(
         )
     keys = list(doc.keys)
     promoted = dataclasses.replace(
-        nxt, sign_from=now, sign_until=now + policy.rotation_period,
+        nxt,
+        sign_from=now,
+        sign_until=now + policy.rotation_period,
         remove_at=max(nxt.remove_at, now + policy.rotation_period + policy.retire_keep),
     )
     keys = [promoted if k.kid == nxt.kid else k for k in keys]
@@ -285,11 +287,16 @@ def rotate(
     start = promoted.sign_until
     for other in waiting[1:]:
         moved = dataclasses.replace(other, sign_from=max(other.sign_from, start))
-        moved = _extend(moved, max(moved.sign_until, moved.sign_from + policy.rotation_period),
-                        policy)
+        moved = _extend(
+            moved, max(moved.sign_until, moved.sign_from + policy.rotation_period), policy
+        )
         keys = [moved if k.kid == other.kid else k for k in keys]
         start = moved.sign_until
     interim = RingDoc(version=doc.version, keys=tuple(keys), request_secret=doc.request_secret)
     after = maintain(interim, now, policy, new_key, lambda: doc.request_secret) or interim
     final = RingDoc(version=doc.version + 1, keys=after.keys, request_secret=doc.request_secret)
-    return final, f"key {promoted.kid} signs from now; the previous key stays published until its tokens expire"
+    return (
+        final,
+        f"key {promoted.kid} signs from now; the previous key stays published until its "
+        "tokens expire",
+    )

@@ -21,6 +21,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+
 import redis
 from redis.exceptions import RedisError, WatchError
 
@@ -164,15 +165,17 @@ class RedisStore:
     def sync(self) -> None:
         """Mirror the closures made since the last sync (called by the background refresher)."""
         try:
-            rows = self.client.zrangebyscore(CLOSED_SET, self._closed_seen, "+inf",
-                                             withscores=True)
+            rows = self.client.zrangebyscore(CLOSED_SET, self._closed_seen, "+inf", withscores=True)
         except RedisError as exc:
             raise self._unavailable(exc) from None
         if not rows:
             return
+        # redis-py types the reply loosely; with withscores it is (bytes, float) pairs.
+        pairs: list[tuple[bytes, float]] = list(rows)  # type: ignore[arg-type]
+        closures = [(member.decode(), float(score)) for member, score in pairs]
         with self._mirror_lock:
-            for member, score in rows:
-                self._closed[member.decode()] = score
-            self._closed_seen = max(score for _, score in rows)
+            for build_id, closed_at in closures:
+                self._closed[build_id] = closed_at
+            self._closed_seen = max(closed_at for _, closed_at in closures)
             horizon = time.time() - 86400 - 60
             self._closed = {k: v for k, v in self._closed.items() if v >= horizon}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from idp.errors import InvalidRequest
-from idp.tokens.images import InvalidImageReference, ImageReference, parse_image
+from idp.tokens.images import ImageReference, InvalidImageReference, parse_image
 
 Kind = Literal["text", "id", "bool"]
 
@@ -121,7 +121,7 @@ def _text(name: str, spec: Field, value: object) -> str:
 
 
 def parse_context(data: object) -> BuildContext:
-    """Validate a decoded JSON body into a BuildContext, or raise InvalidRequest naming the field."""
+    """Validate a decoded JSON body, or raise InvalidRequest naming the field."""
     if not isinstance(data, Mapping):
         raise InvalidRequest("the build context must be a JSON object")
     unknown = sorted(set(data) - set(FIELDS) - {"ttl"})

@@ -55,8 +55,11 @@ class ImageReference:
 
 
 def _looks_like_domain(component: str) -> bool:
-    return "." in component or ":" in component or component == "localhost" or (
-        component != component.lower()
+    return (
+        "." in component
+        or ":" in component
+        or component == "localhost"
+        or (component != component.lower())
     )
 
 
@@ -71,14 +74,17 @@ def parse_image(reference: str) -> ImageReference:
         )
     name = match["name"]
     domain = match["domain"]
-    if domain is not None and not _looks_like_domain(domain):
-        # `team/app`: the first component is a path, not a registry; it must then follow the
-        # lowercase path grammar, which the name regex already checked for later components.
-        if not re.fullmatch(_PATH_COMPONENT, domain):
-            raise InvalidImageReference(
-                f"{reference!r} is not a valid image reference: {domain!r} is neither a "
-                "registry host (it has no '.' or ':') nor a lowercase path component"
-            )
+    # `team/app`: a first component that is no registry is a path, and must then follow the
+    # lowercase path grammar, which the name regex already checked for later components.
+    if (
+        domain is not None
+        and not _looks_like_domain(domain)
+        and not re.fullmatch(_PATH_COMPONENT, domain)
+    ):
+        raise InvalidImageReference(
+            f"{reference!r} is not a valid image reference: {domain!r} is neither a "
+            "registry host (it has no '.' or ':') nor a lowercase path component"
+        )
     if len(name) > NAME_MAX:
         raise InvalidImageReference(
             f"the image name in {reference[:80]!r}... is over {NAME_MAX} characters"

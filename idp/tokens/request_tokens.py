@@ -56,8 +56,10 @@ def issue(ctx: BuildContext, key: OctKey, issuer: str, now: int, default_ttl: in
 def verify(token: str, key: OctKey, issuer: str, now: int) -> RequestToken:
     """Check signature, type, issuer, audience and time; raise InvalidToken saying which failed."""
     if len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
-        raise InvalidToken("the request token is malformed: pass the value of "
-                           "ACTIONS_ID_TOKEN_REQUEST_TOKEN or VELA_ID_TOKEN_REQUEST_TOKEN as is")
+        raise InvalidToken(
+            "the request token is malformed: pass the value of "
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN or VELA_ID_TOKEN_REQUEST_TOKEN as is"
+        )
     try:
         # Only HS256 under our secret: `alg: none`, an RS256 ID token and an HS256 token
         # forged with a public key as the secret all fail here.

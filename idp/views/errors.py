@@ -29,9 +29,7 @@ def error_response(code: str, description: str, status: int) -> Response:
     if status == 401:
         # RFC 6750 §3: tell the client which scheme to use and why it failed.
         safe = description.replace("\\", "").replace('"', "'")
-        response.headers["WWW-Authenticate"] = (
-            f'Bearer error="{code}", error_description="{safe}"'
-        )
+        response.headers["WWW-Authenticate"] = f'Bearer error="{code}", error_description="{safe}"'
     return response
 
 

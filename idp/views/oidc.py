@@ -16,7 +16,15 @@ from idp.keys.keyring import Published
 from idp.views import keyring
 
 ID_TOKEN_CLAIMS = (
-    "iss", "sub", "aud", "exp", "iat", "nbf", "jti", "token_type", *CONTEXT_CLAIMS,
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "jti",
+    "token_type",
+    *CONTEXT_CLAIMS,
 )
 
 

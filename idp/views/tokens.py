@@ -73,7 +73,12 @@ def _mint(settings: Settings, opened: RequestToken) -> str:
     token, kid = keyring().sign(claims)
     log.info(
         "minted id token jti=%s sub=%s aud=%s kid=%s build=%s step=%s",
-        claims["jti"], claims["sub"], claims["aud"], kid, claims["build_id"], claims["step"],
+        claims["jti"],
+        claims["sub"],
+        claims["aud"],
+        kid,
+        claims["build_id"],
+        claims["step"],
     )
     return token
 
@@ -93,7 +98,10 @@ def init_app(app: Flask, settings: Settings) -> None:
         if store().is_build_closed(ctx.build_id):
             raise InvalidRequest(f"build {ctx.build_id} is already closed: it cannot get new steps")
         issued = request_tokens.issue(
-            ctx, keyring().request_key, settings.issuer, int(time.time()),
+            ctx,
+            keyring().request_key,
+            settings.issuer,
+            int(time.time()),
             settings.request_token_ttl,
         )
         vela_url = (

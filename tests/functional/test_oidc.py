@@ -97,7 +97,9 @@ def test_health_and_readiness(client: FlaskClient) -> None:
         ("GET", f"{BASE}/request-tokens", 405, "method_not_allowed"),
     ],
 )
-def test_errors_are_json(client: FlaskClient, method: str, path: str, status: int, code: str) -> None:
+def test_errors_are_json(
+    client: FlaskClient, method: str, path: str, status: int, code: str
+) -> None:
     response = client.open(path, method=method)
     assert response.status_code == status
     body = json.loads(response.data)

@@ -49,8 +49,11 @@ def test_a_start_with_the_wrong_encryption_key_fails_saying_so(redis_url: str) -
     with pytest.raises(KeyDecryptionError, match="IDP_KEY_ENCRYPTION_KEY does not decrypt"):
         ring(redis_url, IDP_KEY_ENCRYPTION_KEY=OTHER_KEK)
     result = subprocess.run(
-        [sys.executable, "-m", "idp", "keys", "list"], capture_output=True, text=True,
-        timeout=60, cwd=ROOT,
+        [sys.executable, "-m", "idp", "keys", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
         env={**os.environ, "IDP_REDIS_URL": redis_url, "IDP_KEY_ENCRYPTION_KEY": OTHER_KEK},
     )
     assert result.returncode == 1
@@ -69,9 +72,14 @@ def test_the_encryption_key_can_be_rotated(redis_url: str, redis_server: RedisSe
 
 def test_redis_without_an_encryption_key_is_refused_outside_development(redis_url: str) -> None:
     with pytest.raises(ConfigError, match="IDP_KEY_ENCRYPTION_KEY"):
-        create_store(load_settings({
-            "IDP_REDIS_URL": redis_url, "IDP_ISSUER": "https://ci.example.com/_services/token",
-        }))
+        create_store(
+            load_settings(
+                {
+                    "IDP_REDIS_URL": redis_url,
+                    "IDP_ISSUER": "https://ci.example.com/_services/token",
+                }
+            )
+        )
     # Plain http on loopback is development: allowed, with a warning.
     create_store(load_settings({"IDP_REDIS_URL": redis_url}))
 

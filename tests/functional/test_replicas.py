@@ -64,11 +64,17 @@ def replicas(redis_url: str) -> Iterator[list[IssuerProcess]]:
         yield procs
 
 
-def run_load(replicas: list[IssuerProcess], seconds: float, obs: Observations,
-             during: list[tuple[float, object]] | None = None) -> None:
+def run_load(
+    replicas: list[IssuerProcess],
+    seconds: float,
+    obs: Observations,
+    during: list[tuple[float, object]] | None = None,
+) -> None:
     token = requests.post(
-        f"{replicas[0].issuer}/request-tokens", json=CONTEXT,
-        headers={"Authorization": f"Bearer {CI_SECRET}"}, timeout=10,
+        f"{replicas[0].issuer}/request-tokens",
+        json=CONTEXT,
+        headers={"Authorization": f"Bearer {CI_SECRET}"},
+        timeout=10,
     ).json()["token"]
     stop = threading.Event()
 
@@ -88,12 +94,14 @@ def run_load(replicas: list[IssuerProcess], seconds: float, obs: Observations,
             for index, proc in enumerate(replicas):
                 start = time.time()
                 response = session.get(f"{proc.issuer}/.well-known/jwks", timeout=10)
-                obs.snapshots.append((start, time.time(), index, response.status_code,
-                                      response.content))
+                obs.snapshots.append(
+                    (start, time.time(), index, response.status_code, response.content)
+                )
                 found = session.get(f"{proc.issuer}/.well-known/openid-configuration", timeout=10)
                 obs.discovery.append(found.status_code)
-                obs.ready.append((time.time(), session.get(f"{proc.issuer}/readyz",
-                                                           timeout=10).status_code))
+                obs.ready.append(
+                    (time.time(), session.get(f"{proc.issuer}/readyz", timeout=10).status_code)
+                )
             time.sleep(0.05)
 
     threads = [threading.Thread(target=mint, args=(i,)) for i in range(3)]
@@ -130,11 +138,19 @@ def check_every_token_verifies_throughout_its_life(obs: Observations) -> int:
             )
             checked += 1
         # And the signature verifies, with PyJWT, against a key a replica served.
-        served = next(json.loads(b)["keys"] for s, e, _, st, b in obs.snapshots
-                      if st == 200 and any(k["kid"] == header["kid"] for k in json.loads(b)["keys"]))
+        served = next(
+            json.loads(b)["keys"]
+            for s, e, _, st, b in obs.snapshots
+            if st == 200 and any(k["kid"] == header["kid"] for k in json.loads(b)["keys"])
+        )
         key = jwt.PyJWK(next(k for k in served if k["kid"] == header["kid"]))
-        jwt.decode(token, key.key, algorithms=["RS256"], audience="sts.amazonaws.com",
-                   options={"verify_exp": False, "verify_nbf": False, "verify_iat": False})
+        jwt.decode(
+            token,
+            key.key,
+            algorithms=["RS256"],
+            audience="sts.amazonaws.com",
+            options={"verify_exp": False, "verify_nbf": False, "verify_iat": False},
+        )
     return checked
 
 
@@ -154,7 +170,7 @@ def test_three_replicas_rotating_under_load(replicas: list[IssuerProcess]) -> No
     first_seen: dict[bytes, dict[int, float]] = {}
     for start, _, replica, _, body in obs.snapshots:
         first_seen.setdefault(body, {}).setdefault(replica, start)
-    for body, seen in first_seen.items():
+    for seen in first_seen.values():
         if len(seen) == 3:
             assert max(seen.values()) - min(seen.values()) <= AGREEMENT_BOUND
     sizes = {len(json.loads(b)["keys"]) for b in first_seen}
@@ -186,7 +202,7 @@ def test_redis_killed_mid_load_and_restarted(
     assert 500 not in {s for _, _, _, s, _ in obs.snapshots} | set(obs.discovery)
     assert all(s == 200 for _, _, _, s, _ in obs.snapshots), "JWKS not served from cache"
     assert set(obs.discovery) == {200}
-    for start, end, replica, status, _ in obs.mints:
+    for start, end, _replica, status, _ in obs.mints:
         assert status in (200, 503), status
         if status == 503:
             # Only past the signing window of every key the replica knew, and only while

@@ -17,8 +17,12 @@ from tests.support import ROOT, IssuerProcess
 
 def idp(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "idp", *args], capture_output=True, text=True, timeout=60,
-        cwd=ROOT, env={**os.environ, **(env or {})},
+        [sys.executable, "-m", "idp", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -43,8 +47,9 @@ def test_a_token_signed_by_the_key_store_verifies_with_pyjwkclient(
     from idp.keys.keyring import KeyRing
     from idp.store import create_store
 
-    settings = load_settings({"IDP_KEYS_DIR": live_issuer.env["IDP_KEYS_DIR"],
-                              "IDP_ISSUER": live_issuer.issuer})
+    settings = load_settings(
+        {"IDP_KEYS_DIR": live_issuer.env["IDP_KEYS_DIR"], "IDP_ISSUER": live_issuer.issuer}
+    )
     ring = KeyRing(settings, create_store(settings))
     ring.refresh()
     token, kid = ring.sign({"iss": live_issuer.issuer, "sub": "x", "aud": "a", "exp": 2**31})
@@ -62,8 +67,9 @@ def test_two_workers_on_an_empty_folder_create_one_ring_and_serve_the_same_jwks(
     with IssuerProcess({"IDP_KEYS_DIR": str(keys)}, workers=2) as proc:
         bodies = set()
         for _ in range(40):
-            response = requests.get(f"{proc.issuer}/.well-known/jwks", timeout=10,
-                                    headers={"Connection": "close"})
+            response = requests.get(
+                f"{proc.issuer}/.well-known/jwks", timeout=10, headers={"Connection": "close"}
+            )
             bodies.add(response.content)
         assert len(bodies) == 1
         served = json.loads(bodies.pop())["keys"]
@@ -92,8 +98,12 @@ print(ring.jwks().body.decode())
 def test_processes_racing_on_an_empty_folder_create_exactly_one_key(tmp_path: Path) -> None:
     go, keys = tmp_path / "go", tmp_path / "keys"
     procs = [
-        subprocess.Popen([sys.executable, "-c", RACE, str(go), str(keys)], cwd=ROOT,
-                         stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", RACE, str(go), str(keys)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(6)
     ]
     go.touch()
@@ -138,8 +148,16 @@ def test_usage_errors_exit_2_with_one_line() -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("command", [["--help"], ["serve", "--help"], ["keys", "--help"],
-                                     ["keys", "list", "--help"], ["keys", "rotate", "--help"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["--help"],
+        ["serve", "--help"],
+        ["keys", "--help"],
+        ["keys", "list", "--help"],
+        ["keys", "rotate", "--help"],
+    ],
+)
 def test_help(command: list[str]) -> None:
     result = idp(*command)
     assert result.returncode == 0 and "Usage:" in result.stdout

@@ -192,8 +192,12 @@ def test_session_tags_carry_the_configured_claims_cleaned() -> None:
 
 @pytest.mark.parametrize(
     ("value", "cleaned"),
-    [("golang", "golang"), ("a b:c/d=e+f-g@h.i_j", "a b:c/d=e+f-g@h.i_j"), ("a&b", "a_b"),
-     ("x" * 300, "x" * 256)],
+    [
+        ("golang", "golang"),
+        ("a b:c/d=e+f-g@h.i_j", "a b:c/d=e+f-g@h.i_j"),
+        ("a&b", "a_b"),
+        ("x" * 300, "x" * 256),
+    ],
 )
 def test_clean_tag_value(value: str, cleaned: str) -> None:
     assert clean_tag_value(value) == cleaned

@@ -24,7 +24,10 @@ def test_every_variable_can_come_from_a_file(tmp_path: Path) -> None:
     (tmp_path / "secret").write_text("one-secret-value,two-secret-value\n")
     (tmp_path / "ttl").write_text("120")
     s = load_settings(
-        {"IDP_CI_SECRET_FILE": str(tmp_path / "secret"), "IDP_TOKEN_TTL_FILE": str(tmp_path / "ttl")}
+        {
+            "IDP_CI_SECRET_FILE": str(tmp_path / "secret"),
+            "IDP_TOKEN_TTL_FILE": str(tmp_path / "ttl"),
+        }
     )
     assert s.ci_secrets == ("one-secret-value", "two-secret-value")
     assert s.token_ttl == 120

@@ -25,9 +25,19 @@ DIGEST = "sha256:" + "0123456789abcdef" * 4
         ("[::1]:5000/app:v1", "[::1]:5000/app", "v1", None),
         ("target/vela-git:v0.8.0", "target/vela-git", "v0.8.0", None),
         ("cargill/vela-aws-credentials:latest", "cargill/vela-aws-credentials", "latest", None),
-        ("my.registry.example.com/deep/nested/path/app:1", "my.registry.example.com/deep/nested/path/app", "1", None),
+        (
+            "my.registry.example.com/deep/nested/path/app:1",
+            "my.registry.example.com/deep/nested/path/app",
+            "1",
+            None,
+        ),
         ("a__b/c-d.e:T_A.G", "a__b/c-d.e", "T_A.G", None),
-        ("123.dkr.ecr.us-east-1.amazonaws.com/app:sha-abc", "123.dkr.ecr.us-east-1.amazonaws.com/app", "sha-abc", None),
+        (
+            "123.dkr.ecr.us-east-1.amazonaws.com/app:sha-abc",
+            "123.dkr.ecr.us-east-1.amazonaws.com/app",
+            "sha-abc",
+            None,
+        ),
     ],
 )
 def test_valid_references(reference: str, name: str, tag: str, digest: str | None) -> None:
