@@ -13,6 +13,7 @@ Settings chosen for this workload (see README "Running it well"):
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any
 
 import click
@@ -20,6 +21,7 @@ from gunicorn.app.base import BaseApplication
 
 from idp.config import Settings, load_settings
 from idp.keys.keyring import KeyRing
+from idp.observability import configure_logging
 from idp.store import create_store
 
 
@@ -59,6 +61,19 @@ def gunicorn_options(host: str, port: int, workers: int) -> dict[str, Any]:
     }
 
 
+def _prepare_metrics_dir() -> None:
+    # Workers write their samples to files here and /metrics adds them up; stale files of a
+    # previous run would be added too, so the folder starts empty.
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        for name in os.listdir(folder):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(folder, name))
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="idp-metrics-")
+
+
 @click.command()
 @click.option("--host", envvar="IDP_HOST", default="127.0.0.1", help="Address to listen on.")
 @click.option(
@@ -79,6 +94,8 @@ def gunicorn_options(host: str, port: int, workers: int) -> dict[str, Any]:
 def serve(host: str, port: int, workers: int) -> None:
     """Run the issuer (gunicorn) with the settings from the IDP_* environment."""
     settings = load_settings()
+    _prepare_metrics_dir()
+    configure_logging(settings.log_format)
     ring = KeyRing(settings, create_store(settings))
     ring.refresh()
     click.echo(

@@ -36,6 +36,7 @@ from idp.keys.ring import (
     published_keys,
     rotate,
 )
+from idp.observability import metrics
 from idp.store.base import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class KeyRing:
         return doc is not None
 
     def _note_failure(self, message: str) -> None:
+        metrics().store_errors.inc()
         if self._last_error is None:
             log.error("key store unreachable, serving the cached key ring: %s", message)
         self._last_error = message

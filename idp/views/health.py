@@ -5,6 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, Flask, Response, jsonify
 
 from idp.config import Settings
+from idp.observability import metrics as registry
+from idp.observability import render_metrics
 from idp.views import keyring
 
 
@@ -23,5 +25,18 @@ def init_app(app: Flask, settings: Settings) -> None:
         response.status_code = 200 if ready else 503
         response.headers["Cache-Control"] = "no-store"
         return response
+
+    @bp.get("/metrics")
+    def metrics() -> Response:
+        ring = keyring()
+        status = ring.describe()
+        published = [k for k in status if k["state"] != "gone"]
+        registry().keys_published.set(len(published))
+        current = [k for k in status if k["state"] == "current"]
+        if current:
+            registry().last_rotation.set(current[0]["sign_from"])
+            registry().current_key_age.set(max(0.0, ring.clock() - current[0]["sign_from"]))
+        body, content_type = render_metrics()
+        return Response(body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 
     app.register_blueprint(bp)

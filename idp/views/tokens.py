@@ -15,7 +15,8 @@ import time
 from flask import Blueprint, Flask, Response, jsonify, request
 
 from idp.config import Settings
-from idp.errors import Forbidden, InvalidRequest, InvalidToken
+from idp.errors import Forbidden, IdpError, InvalidRequest, InvalidToken
+from idp.observability import audience_label, audit, metrics
 from idp.tokens import request_tokens
 from idp.tokens.claims import id_token_claims, validate_audiences
 from idp.tokens.context import MAX_TTL, parse_context
@@ -67,20 +68,94 @@ def _open_request_token(settings: Settings) -> RequestToken:
     return opened
 
 
-def _mint(settings: Settings, opened: RequestToken) -> str:
-    audiences = validate_audiences(request.args.getlist("audience"), settings)
-    claims = id_token_claims(opened.context, audiences, settings, int(time.time()))
-    token, kid = keyring().sign(claims)
-    log.info(
-        "minted id token jti=%s sub=%s aud=%s kid=%s build=%s step=%s",
-        claims["jti"],
-        claims["sub"],
-        claims["aud"],
-        kid,
-        claims["build_id"],
-        claims["step"],
+def _exchange(settings: Settings) -> str:
+    """Open the step's request token and mint an ID token; every outcome is audited."""
+    started = time.perf_counter()
+    requested = request.args.getlist("audience")
+    label = audience_label(requested[0], settings.audiences) if requested else "none"
+    opened: RequestToken | None = None
+    try:
+        opened = _open_request_token(settings)
+        _check_vela_path(opened)
+        audiences = validate_audiences(requested, settings)
+        claims = id_token_claims(opened.context, audiences, settings, int(time.time()))
+        token, kid = keyring().sign(claims)
+    except IdpError as exc:
+        metrics().id_tokens.labels(label, exc.code).inc()
+        ctx = opened.context if opened else None
+        audit(
+            exc.code,
+            aud=requested[:10],
+            repo=ctx.repo if ctx else None,
+            build=ctx.build_id if ctx else None,
+            step=ctx.step if ctx else None,
+            client=request.remote_addr,
+            reason=exc.description,
+        )
+        raise
+    metrics().id_tokens.labels(label, "minted").inc()
+    metrics().mint_seconds.observe(time.perf_counter() - started)
+    audit(
+        "minted",
+        jti=claims["jti"],
+        sub=claims["sub"],
+        aud=claims["aud"],
+        kid=kid,
+        repo=claims["repo"],
+        build=claims["build_id"],
+        step=claims["step"],
+        client=request.remote_addr,
     )
     return token
+
+
+def _check_vela_path(opened: RequestToken) -> None:
+    # Vela's route names the repo and build: a step's token is good for its own only.
+    args = request.view_args or {}
+    if "build_number" not in args:
+        return
+    ctx = opened.context
+    if f"{args['org']}/{args['repo']}" != ctx.repo or args["build_number"] != ctx.build_number:
+        raise Forbidden(
+            f"this request token belongs to {ctx.repo} build {ctx.build_number}, not "
+            f"{args['org']}/{args['repo']} build {args['build_number']}: use the step's own "
+            "VELA_ID_TOKEN_REQUEST_URL"
+        )
+
+
+def _open(settings: Settings) -> Response:
+    """Open a step's request token for the build context in the body."""
+    _require_ci_server(settings)
+    if not request.is_json:
+        raise InvalidRequest("send the build context as JSON (Content-Type: application/json)")
+    body = request.get_json(silent=True)
+    if body is None:
+        raise InvalidRequest("the body is not valid JSON: send the build context as an object")
+    ctx = parse_context(body)
+    if store().is_build_closed(ctx.build_id):
+        raise InvalidRequest(f"build {ctx.build_id} is already closed: it cannot get new steps")
+    issued = request_tokens.issue(
+        ctx,
+        keyring().request_key,
+        settings.issuer,
+        int(time.time()),
+        settings.request_token_ttl,
+    )
+    vela_url = (
+        f"{settings.origin}/api/v1/repos/{ctx.org}/{ctx.name}/builds/{ctx.build_number}/id_token"
+    )
+    response = jsonify(
+        token=issued.token,
+        expires_at=issued.expires_at,
+        env={
+            "VELA_ID_TOKEN_REQUEST_URL": vela_url,
+            "VELA_ID_TOKEN_REQUEST_TOKEN": issued.token,
+            # Clients append "&audience=...", so the URL already carries a query string.
+            "ACTIONS_ID_TOKEN_REQUEST_URL": f"{settings.issuer}/id-token?api-version=2.0",
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN": issued.token,
+        },
+    )
+    return _no_store(response)
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -88,38 +163,13 @@ def init_app(app: Flask, settings: Settings) -> None:
 
     @bp.post("/request-tokens")
     def open_request_token() -> Response:
-        _require_ci_server(settings)
-        if not request.is_json:
-            raise InvalidRequest("send the build context as JSON (Content-Type: application/json)")
-        body = request.get_json(silent=True)
-        if body is None:
-            raise InvalidRequest("the body is not valid JSON: send the build context as an object")
-        ctx = parse_context(body)
-        if store().is_build_closed(ctx.build_id):
-            raise InvalidRequest(f"build {ctx.build_id} is already closed: it cannot get new steps")
-        issued = request_tokens.issue(
-            ctx,
-            keyring().request_key,
-            settings.issuer,
-            int(time.time()),
-            settings.request_token_ttl,
-        )
-        vela_url = (
-            f"{settings.origin}/api/v1/repos/{ctx.org}/{ctx.name}/builds/{ctx.build_number}"
-            "/id_token"
-        )
-        response = jsonify(
-            token=issued.token,
-            expires_at=issued.expires_at,
-            env={
-                "VELA_ID_TOKEN_REQUEST_URL": vela_url,
-                "VELA_ID_TOKEN_REQUEST_TOKEN": issued.token,
-                # Clients append "&audience=...", so the URL already carries a query string.
-                "ACTIONS_ID_TOKEN_REQUEST_URL": f"{settings.issuer}/id-token?api-version=2.0",
-                "ACTIONS_ID_TOKEN_REQUEST_TOKEN": issued.token,
-            },
-        )
-        return _no_store(response)
+        try:
+            response = _open(settings)
+        except IdpError as exc:
+            metrics().request_tokens.labels(exc.code).inc()
+            raise
+        metrics().request_tokens.labels("opened").inc()
+        return response
 
     @bp.delete("/builds/<build_id>")
     def close_build(build_id: str) -> Response:
@@ -132,8 +182,7 @@ def init_app(app: Flask, settings: Settings) -> None:
 
     @bp.get("/id-token")
     def github_exchange() -> Response:
-        opened = _open_request_token(settings)
-        return _no_store(jsonify(value=_mint(settings, opened)))
+        return _no_store(jsonify(value=_exchange(settings)))
 
     app.register_blueprint(bp)
 
@@ -141,13 +190,6 @@ def init_app(app: Flask, settings: Settings) -> None:
 
     @vela.get("/api/v1/repos/<org>/<repo>/builds/<build_number>/id_token")
     def vela_exchange(org: str, repo: str, build_number: str) -> Response:
-        opened = _open_request_token(settings)
-        ctx = opened.context
-        if f"{org}/{repo}" != ctx.repo or build_number != ctx.build_number:
-            raise Forbidden(
-                f"this request token belongs to {ctx.repo} build {ctx.build_number}, not "
-                f"{org}/{repo} build {build_number}: use the step's own VELA_ID_TOKEN_REQUEST_URL"
-            )
-        return _no_store(jsonify(token=_mint(settings, opened)))
+        return _no_store(jsonify(token=_exchange(settings)))
 
     app.register_blueprint(vela)

@@ -1,0 +1,129 @@
+"""Metrics (Prometheus, correct across gunicorn workers) and the audit log.
+
+Under `idp serve`, `PROMETHEUS_MULTIPROC_DIR` is set before any worker starts, so every worker
+writes its samples to files there and `/metrics` aggregates them (prometheus_client's
+multiprocess mode); in a single process the default registry is used.
+
+The audit log is one JSON line per ID token minted or refused on the `idp.audit` logger:
+who asked (repo, build, step, client address), what for (aud), what was signed (jti, sub, kid),
+and the outcome; never a token or a secret.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+
+class Metrics:
+    """The metric objects, built on first use.
+
+    prometheus_client picks its storage (memory, or files for multiprocess mode) when it is
+    imported, so it is imported here lazily: `idp serve` sets PROMETHEUS_MULTIPROC_DIR first.
+    """
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.id_tokens = Counter(
+            "idp_id_tokens_total",
+            "ID tokens minted or refused, by audience and outcome",
+            ["audience", "outcome"],
+        )
+        self.request_tokens = Counter(
+            "idp_request_tokens_total", "Request tokens opened or refused, by outcome", ["outcome"]
+        )
+        self.mint_seconds = Histogram(
+            "idp_mint_seconds",
+            "Time to answer a token exchange that minted a token",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+        )
+        self.keys_published = Gauge(
+            "idp_keys_published", "Keys in the served JWKS", multiprocess_mode="max"
+        )
+        self.current_key_age = Gauge(
+            "idp_current_key_age_seconds",
+            "Seconds since the current key started signing",
+            multiprocess_mode="max",
+        )
+        self.last_rotation = Gauge(
+            "idp_last_rotation_timestamp_seconds",
+            "When the current key started signing",
+            multiprocess_mode="max",
+        )
+        self.store_errors = Counter(
+            "idp_store_errors_total", "Failed reads or writes of the key store"
+        )
+
+
+_metrics: Metrics | None = None
+
+
+def metrics() -> Metrics:
+    global _metrics
+    if _metrics is None:
+        _metrics = Metrics()
+    return _metrics
+
+
+audit_log = logging.getLogger("idp.audit")
+
+
+def audience_label(audience: str, allowed: tuple[str, ...] | None) -> str:
+    # Audiences are caller-chosen: only known ones become label values, or anyone could
+    # blow up the metric's cardinality.
+    if audience == "sts.amazonaws.com" or (allowed is not None and audience in allowed):
+        return audience
+    return "other"
+
+
+def render_metrics() -> tuple[bytes, str]:
+    from prometheus_client import (
+        CONTENT_TYPE_LATEST,
+        CollectorRegistry,
+        generate_latest,
+        multiprocess,
+    )
+
+    metrics()  # every metric exists, even before its first sample
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def audit(outcome: str, **fields: Any) -> None:
+    record = {"event": "id_token", "outcome": outcome, "time": round(time.time(), 3), **fields}
+    audit_log.info(json.dumps(record, separators=(",", ":"), default=str))
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.name == "idp.audit":
+            return message  # already one JSON object
+        entry = {
+            "time": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": message,
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, separators=(",", ":"))
+
+
+def configure_logging(log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
