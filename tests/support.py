@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -118,6 +119,9 @@ class IssuerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> IssuerProcess:
+        # Output goes to a file, not a pipe: nobody reads a pipe during a run, and a full
+        # one would block the server on its next log line.
+        self._logfile = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -133,7 +137,7 @@ class IssuerProcess:
             ],
             env=self.env,
             cwd=ROOT,
-            stdout=subprocess.PIPE,
+            stdout=self._logfile,
             stderr=subprocess.STDOUT,
         )
         if wait:
@@ -147,7 +151,7 @@ class IssuerProcess:
 
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            self.log = self.proc.stdout.read() if self.proc.stdout else b""
+            self.log = self._read_log()
             raise RuntimeError(f"issuer exited:\n{self.log.decode(errors='replace')}")
         return requests.get(f"{self.issuer}/healthz", timeout=1).status_code == 200
 
@@ -161,10 +165,13 @@ class IssuerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc.stdout is not None:
-            self.log += self.proc.stdout.read()
-            self.proc.stdout.close()
+        self.log += self._read_log()
+        self._logfile.close()
         self.proc = None
+
+    def _read_log(self) -> bytes:
+        self._logfile.seek(0)
+        return self._logfile.read()
 
     def __enter__(self) -> IssuerProcess:
         return self.start()

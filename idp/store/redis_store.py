@@ -35,7 +35,9 @@ RING = "idp:ring"
 LOCK = "idp:ring:lock"
 CLOSED = "idp:build:closed:"
 CLOSED_SET = "idp:builds:closed"
-LOCK_MS = 15_000
+# Only spares the others duplicate key generation: the WATCH transaction keeps writes
+# atomic even if the lock expires, so it can be short.
+LOCK_MS = 5_000
 # After a failure, the hot path skips Redis for this long instead of waiting on a timeout.
 BACKOFF = 2.0
 
@@ -49,8 +51,11 @@ return 0
 class RedisStore:
     name = "redis"
 
-    def __init__(self, client: redis.Redis, url: str) -> None:
+    def __init__(self, client: redis.Redis, hot: redis.Redis, url: str) -> None:
+        # Two clients: the background refresher may wait a few seconds on a slow Redis;
+        # the request path (is this build closed?) gives up fast and uses the mirror.
         self.client = client
+        self.hot = hot
         self.url = url
         self._release = client.register_script(_RELEASE)
         self._closed: dict[str, float] = {}  # build id -> closing time, mirrored
@@ -75,13 +80,19 @@ class RedisStore:
         try:
             client = redis.Redis.from_url(
                 settings.redis_url,
-                socket_timeout=1.0,
-                socket_connect_timeout=1.0,
+                socket_timeout=5.0,
+                socket_connect_timeout=2.0,
+                health_check_interval=10,
+            )
+            hot = redis.Redis.from_url(
+                settings.redis_url,
+                socket_timeout=0.5,
+                socket_connect_timeout=0.5,
                 health_check_interval=10,
             )
         except ValueError as exc:
             raise ConfigError(f"IDP_REDIS_URL is not a usable Redis URL ({exc})") from None
-        return cls(client, settings.redis_url)
+        return cls(client, hot, settings.redis_url)
 
     def describe(self) -> str:
         # Never echo a password that may be in the URL.
@@ -156,7 +167,7 @@ class RedisStore:
         if time.monotonic() < self._down_until:
             return False
         try:
-            return bool(self.client.exists(f"{CLOSED}{build_id}"))
+            return bool(self.hot.exists(f"{CLOSED}{build_id}"))
         except RedisError as exc:
             self._unavailable(exc)
             log.warning("Redis unreachable; checking closed builds against the local mirror")

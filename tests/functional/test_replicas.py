@@ -83,7 +83,13 @@ def run_load(
         url = f"{replicas[index].issuer}/id-token?audience=sts.amazonaws.com"
         while not stop.is_set():
             start = time.time()
-            response = session.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            try:
+                response = session.get(
+                    url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+                )
+            except requests.RequestException:
+                obs.mints.append((start, time.time(), index, -1, ""))  # recorded, then failed
+                continue
             value = response.json().get("value", "") if response.status_code == 200 else ""
             obs.mints.append((start, time.time(), index, response.status_code, value))
             time.sleep(0.01)

@@ -1,0 +1,107 @@
+"""`idp token` and `idp aws credentials`: what a pipeline step runs.
+
+Results go to stdout (the token, the variables to export); logs go to stderr, masked.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from idp.runner import ParameterError
+from idp.runner.client import fetch_id_token
+from idp.runner.credentials import (
+    PARAMETER_DIRS,
+    PARAMETER_DIRS_ENV,
+    PARAMETERS,
+    Masker,
+    masked_logging,
+    resolve,
+    run,
+    write_private,
+)
+
+
+def register(cli: click.Group) -> None:
+    """Add `token` and `aws credentials` (to the `aws` group if another module made one)."""
+    cli.add_command(token)
+    group = cli.commands.get("aws")
+    if not isinstance(group, click.Group):
+        group = click.Group(
+            "aws", help="AWS: register the issuer, write trust policies, assume roles."
+        )
+        cli.add_command(group)
+    group.add_command(credentials)
+
+
+@click.command()
+@click.option(
+    "--audience",
+    required=True,
+    envvar="IDP_TOKEN_AUDIENCE",
+    show_envvar=True,
+    help="The audience (`aud`) the ID token is for, e.g. sts.amazonaws.com.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the token to this file (mode 0600) instead of printing it.",
+)
+def token(audience: str, output: str | None) -> None:
+    """Fetch an ID token through the step's request variables.
+
+    Reads VELA_ID_TOKEN_REQUEST_URL/_TOKEN or ACTIONS_ID_TOKEN_REQUEST_URL/_TOKEN, which the
+    CI server injects into steps with `id_request: yes`.
+    """
+    masker = Masker()
+    with masked_logging("info", masker):
+        id_token = fetch_id_token(audience)
+    if output:
+        write_private(Path(output), id_token)
+        click.echo(f"idp: wrote the ID token to {output}", err=True)
+    else:
+        click.echo(id_token)
+
+
+def _parameter_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    for parameter in reversed(PARAMETERS):
+        default = f" [default: {parameter.default}]" if parameter.default else ""
+        function = click.option(
+            f"--{parameter.name.replace('_', '-')}",
+            parameter.name,
+            default=None,
+            metavar="VALUE",
+            help=f"{parameter.help}{default} Env: PARAMETER_{parameter.name.upper()}, "
+            f"AWS_CREDENTIALS_{parameter.name.upper()}.",
+        )(function)
+    return function
+
+
+@click.command(
+    epilog=(
+        "Sources, highest first: flags; files named after the parameter in "
+        f"{' then '.join(PARAMETER_DIRS)} (folders: ${PARAMETER_DIRS_ENV}, colon separated); "
+        "PARAMETER_<NAME>; AWS_CREDENTIALS_<NAME>."
+    )
+)
+@_parameter_options
+def credentials(**flags: str | None) -> None:
+    """Assume an AWS role with the step's ID token (Vela's aws-credentials plugin)."""
+    try:
+        settings = resolve(flags, os.environ)
+    except ParameterError as exc:
+        raise click.UsageError(exc.description) from None
+    masker = Masker()
+    with masked_logging(settings.log_level, masker):
+        id_token = fetch_id_token(settings.audience)
+        masker.add(id_token)
+        outcome = run(settings, id_token, masker)
+    for name, value in outcome.exports:
+        click.echo(f"export {name}={shlex.quote(value)}")
+    if outcome.arn and not outcome.exports:
+        click.echo(outcome.arn)
