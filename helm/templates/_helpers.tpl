@@ -1,0 +1,178 @@
+{{/* Names ---------------------------------------------------------------------------- */}}
+
+{{- define "idp.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "idp.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 57 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 57 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 57 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The fullname is cut at 57 so that these suffixes keep names unique and within 63. */}}
+{{- define "idp.redis.fullname" -}}{{ include "idp.fullname" . }}-redis{{- end -}}
+
+{{- define "idp.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "idp.labels" -}}
+helm.sh/chart: {{ include "idp.chart" . }}
+{{ include "idp.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "idp.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "idp.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: issuer
+{{- end -}}
+
+{{- define "idp.redis.labels" -}}
+helm.sh/chart: {{ include "idp.chart" . }}
+{{ include "idp.redis.selectorLabels" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "idp.redis.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "idp.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: redis
+{{- end -}}
+
+{{- define "idp.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "idp.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "idp.image" -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The issuer ---------------------------------------------------------------------- */}}
+
+{{/* The path every route hangs below: "/_services/token", or "" for a bare origin. */}}
+{{- define "idp.issuerPath" -}}
+{{- (urlParse .Values.issuer).path -}}
+{{- end -}}
+
+{{- define "idp.issuerHost" -}}
+{{- (urlParse .Values.issuer).hostname -}}
+{{- end -}}
+
+{{/* Redis -------------------------------------------------------------------------- */}}
+
+{{/* Where the shared state lives: existingSecret, url, bundled, or none (file store). */}}
+{{- define "idp.redisMode" -}}
+{{- if .Values.redis.existingSecret -}}existingSecret
+{{- else if .Values.redis.url -}}url
+{{- else if .Values.redis.bundled.enabled -}}bundled
+{{- else -}}none
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when redis.url carries a password (user:password@ or ?password=). */}}
+{{- define "idp.redisUrlHasCredentials" -}}
+{{- $url := .Values.redis.url -}}
+{{- if or (contains "@" $url) (contains "password" (lower $url)) -}}true{{- end -}}
+{{- end -}}
+
+{{/* "true" when the chart creates the <fullname>-redis Secret (bundled, or a URL with a password). */}}
+{{- define "idp.redisSecretCreated" -}}
+{{- $mode := include "idp.redisMode" . -}}
+{{- if or (eq $mode "bundled") (and (eq $mode "url") (include "idp.redisUrlHasCredentials" .)) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The Secret and key that hold IDP_REDIS_URL, as "name/key"; empty when it is not secret. */}}
+{{- define "idp.redisUrlSecretRef" -}}
+{{- if eq (include "idp.redisMode" .) "existingSecret" -}}
+{{- printf "%s/%s" .Values.redis.existingSecret .Values.redis.existingSecretKey -}}
+{{- else if include "idp.redisSecretCreated" . -}}
+{{- printf "%s/IDP_REDIS_URL" (include "idp.redis.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The most pods that may run at once: the file store allows one. */}}
+{{- define "idp.maxReplicas" -}}
+{{- if .Values.autoscaling.enabled -}}{{ .Values.autoscaling.maxReplicas }}{{- else -}}{{ .Values.replicaCount }}{{- end -}}
+{{- end -}}
+
+{{/* Secrets ------------------------------------------------------------------------ */}}
+
+{{- define "idp.secretName" -}}
+{{- default (include "idp.fullname" .) .Values.secrets.existingSecret -}}
+{{- end -}}
+
+{{/*
+The decoded value of one key of a live Secret, or nothing. On install and upgrade Helm reads
+the cluster, so generated values survive upgrades; `helm template` and client dry-runs read
+nothing, so there they are generated anew (see README, GitOps).
+*/}}
+{{- define "idp.liveSecretValue" -}}
+{{- $secret := lookup "v1" "Secret" .ctx.Release.Namespace .name -}}
+{{- if and $secret $secret.data -}}
+{{- with index $secret.data .key -}}{{ . | b64dec }}{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Checks ------------------------------------------------------------------------- */}}
+
+{{/* Refuse values that would install a broken or unsafe issuer, naming the fix. */}}
+{{- define "idp.validate" -}}
+{{- $issuer := .Values.issuer -}}
+{{- $u := urlParse $issuer -}}
+{{- $example := "set issuer to e.g. https://ci.example.com/_services/token" -}}
+{{- if not (or (eq $u.scheme "https") (and (eq $u.scheme "http") .Values.allowInsecureIssuer)) -}}
+{{- fail (printf "issuer %q is not https: AWS trusts only https issuers; %s (allowInsecureIssuer=true permits http for a development cluster only)" $issuer $example) -}}
+{{- end -}}
+{{- if not $u.hostname -}}
+{{- fail (printf "issuer %q has no host: %s" $issuer $example) -}}
+{{- end -}}
+{{- if or $u.query $u.fragment (contains "?" $issuer) (contains "#" $issuer) -}}
+{{- fail (printf "issuer %q has a query or fragment, which OIDC forbids: %s" $issuer $example) -}}
+{{- end -}}
+{{- if $u.userinfo -}}
+{{- fail (printf "issuer %q carries credentials: remove the user:password@ part" $issuer) -}}
+{{- end -}}
+{{- if hasSuffix "/" $issuer -}}
+{{- fail (printf "issuer %q ends with '/': drop it; iss must match what AWS stores exactly" $issuer) -}}
+{{- end -}}
+{{- if and .Values.redis.url .Values.redis.existingSecret -}}
+{{- fail "redis.url and redis.existingSecret are both set: keep one (existingSecret for a URL with a password)" -}}
+{{- end -}}
+{{- $max := int (include "idp.maxReplicas" .) -}}
+{{- if and (gt $max 1) (eq (include "idp.redisMode" .) "none") -}}
+{{- $setting := ternary (printf "autoscaling.maxReplicas=%d" $max) (printf "replicaCount=%d" $max) .Values.autoscaling.enabled -}}
+{{- fail (printf "%s needs Redis: replicas cannot share the file key store. Set redis.url (or redis.existingSecret) to a shared Redis, or redis.bundled.enabled=true, or run one replica" $setting) -}}
+{{- end -}}
+{{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
+{{- fail (printf "autoscaling.minReplicas=%d is above autoscaling.maxReplicas=%d: lower it" (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
+{{- end -}}
+{{- range $part := splitList "," .Values.secrets.keyEncryptionKey -}}
+{{- if and (trim $part) (lt (len (trim $part)) 32) -}}
+{{- fail "secrets.keyEncryptionKey holds a key shorter than 32 characters: generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`" -}}
+{{- end -}}
+{{- end -}}
+{{- range $name, $_ := .Values.config.extra -}}
+{{- if or (hasPrefix "IDP_CI_SECRET" $name) (hasPrefix "IDP_KEY_ENCRYPTION_KEY" $name) (hasPrefix "IDP_REDIS_URL" $name) -}}
+{{- fail (printf "config.extra.%s would put a secret in the ConfigMap: use secrets.* or redis.* instead" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
