@@ -65,7 +65,7 @@ class EndpointThumbprint:
 
 @dataclass(frozen=True)
 class ThumbprintResult:
-    issuer: str  # as the discovery document states it
+    issuer: str | None  # as the discovery document states it
     jwks_uri: str
     endpoints: tuple[EndpointThumbprint, ...]  # the jwks_uri host first
 
@@ -105,7 +105,7 @@ def issuer_thumbprints(issuer_url: str, options: TlsOptions) -> ThumbprintResult
         endpoints.append(_endpoint_thumbprint("issuer", issuer_parts, options, verified=True))
     issuer = discovery.get("issuer")
     return ThumbprintResult(
-        issuer=issuer if isinstance(issuer, str) else "",
+        issuer=issuer if isinstance(issuer, str) else None,
         jwks_uri=jwks_uri,
         endpoints=tuple(endpoints),
     )
@@ -258,7 +258,7 @@ def _connection(host: str, port: int, timeout: float) -> Iterator[socket.socket]
         else:
             sock = _tunnel(proxy, host, port, timeout)
     except OSError as exc:
-        raise _connect_error(exc, host, port, "jwks_uri", proxy) from None
+        raise _connect_error(exc, host, port, "jwks_uri") from None
     try:
         yield sock
     finally:
@@ -281,6 +281,13 @@ def _proxy_for(host: str) -> SplitResult | None:
     return parts
 
 
+def _quiet_proxy_for(host: str) -> SplitResult | None:
+    try:
+        return _proxy_for(host)
+    except ThumbprintError:
+        return None
+
+
 def _tunnel(proxy: SplitResult, host: str, port: int, timeout: float) -> socket.socket:
     headers = {}
     if proxy.username is not None:
@@ -297,10 +304,21 @@ def _tunnel(proxy: SplitResult, host: str, port: int, timeout: float) -> socket.
         connection.close()
 
 
-def _connect_error(
-    exc: BaseException, host: str, port: int, what: str, proxy: SplitResult | None = None
-) -> ThumbprintError:
+def _connect_error(exc: BaseException, host: str, port: int, what: str) -> ThumbprintError:
     where = f"{host}:{port}"
+    proxy = _quiet_proxy_for(host)
+    if proxy is not None:
+        proxy_address = f"{proxy.hostname}:{proxy.port or 80}"
+        if "Tunnel connection failed" in str(exc):
+            return ThumbprintError(
+                f"the proxy {proxy_address} (HTTPS_PROXY) refused to tunnel to {where} ({exc}): "
+                "check HTTPS_PROXY and its credentials, or add the host to NO_PROXY"
+            )
+        if isinstance(exc, socket.gaierror | ConnectionRefusedError):
+            return ThumbprintError(
+                f"cannot reach the proxy {proxy_address} (HTTPS_PROXY) to connect to {where} "
+                f"({exc.strerror}): check HTTPS_PROXY, or add the host to NO_PROXY"
+            )
     if isinstance(exc, socket.gaierror):
         return ThumbprintError(
             f"cannot resolve {host} (DNS: {exc.strerror}): check the host name in the URL, "
@@ -325,11 +343,6 @@ def _connect_error(
         return ThumbprintError(
             f"the TLS handshake with {where} failed ({_ssl_reason(exc)}): check that this "
             "port serves HTTPS (not plain HTTP) with a certificate, and that the URL is right"
-        )
-    if proxy is not None and "Tunnel connection failed" in str(exc):
-        return ThumbprintError(
-            f"the proxy {proxy.hostname}:{proxy.port or 80} refused to tunnel to {where} "
-            f"({exc}): check HTTPS_PROXY, its credentials, or add the host to NO_PROXY"
         )
     if isinstance(exc, ConnectionError | http.client.HTTPException):
         return ThumbprintError(

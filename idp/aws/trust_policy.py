@@ -63,21 +63,21 @@ class IssuerShape:
 
     def __post_init__(self) -> None:
         for name, claims in (
-            ("subject claims", self.subject_claims),
-            ("session tags", self.session_tags),
+            ("--subject-claims (IDP_SUBJECT_CLAIMS)", self.subject_claims),
+            ("--session-tags (IDP_AWS_SESSION_TAGS)", self.session_tags),
         ):
             unknown = [c for c in claims if c not in CONTEXT_CLAIMS]
             if unknown:
                 raise TrustPolicyError(
-                    f"{name} name unknown claim {unknown[0]!r}: use keys from "
+                    f"{name} names unknown claim {unknown[0]!r}: use keys from "
                     f"{', '.join(CONTEXT_CLAIMS)}"
                 )
             if len(set(claims)) != len(claims):
-                raise TrustPolicyError(f"{name} repeat a claim: list each claim once")
+                raise TrustPolicyError(f"{name} repeats a claim: list each claim once")
         if not self.subject_claims or self.subject_claims[0] != "repo":
             raise TrustPolicyError(
-                "the subject claims must start with repo, as IDP_SUBJECT_CLAIMS does: "
-                "e.g. repo,ref,event"
+                "--subject-claims (IDP_SUBJECT_CLAIMS) must start with repo, as the issuer's "
+                "does: e.g. repo,ref,event"
             )
 
 

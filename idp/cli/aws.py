@@ -171,14 +171,16 @@ def register_command(
     values: list[str] = []
     discovered_issuer = None
     for value in thumbprints:
-        if value.strip().lower() == "auto":
-            result = issuer_thumbprints(
-                issuer_url, TlsOptions(cafile=cafile, insecure=insecure, timeout=timeout)
-            )
-            discovered_issuer = result.issuer
-            values += result.thumbprints
-        else:
+        if value.strip().lower() != "auto":
             values.append(normalize_thumbprint(value))
+    if any(value.strip().lower() == "auto" for value in thumbprints):
+        result = issuer_thumbprints(
+            issuer_url, TlsOptions(cafile=cafile, insecure=insecure, timeout=timeout)
+        )
+        if insecure:
+            _note("warning: --insecure: registering thumbprints of a chain that was not verified")
+        discovered_issuer = result.issuer
+        values += result.thumbprints
     request = ProviderRequest(
         url=issuer_url,
         audiences=tuple(dict.fromkeys(a.strip() for a in audiences)),

@@ -1,0 +1,40 @@
+data "aws_iam_policy_document" "idp_pipeline_trust" {
+  statement {
+    effect  = "Allow"
+    actions = ["sts:AssumeRoleWithWebIdentity", "sts:TagSession"]
+
+    principals {
+      type        = "Federated"
+      identifiers = ["arn:aws:iam::123456789012:oidc-provider/ci.example.com/_services/token"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "ci.example.com/_services/token:aud"
+      values   = ["sts.amazonaws.com"]
+    }
+
+    condition {
+      test     = "StringLike"
+      variable = "ci.example.com/_services/token:sub"
+      values   = ["repo:octo-org/octo-repo:ref:*:event:*"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:RequestTag/image_name"
+      values   = ["golang"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:RequestTag/commands"
+      values   = ["false"]
+    }
+  }
+}
+
+resource "aws_iam_role" "idp_pipeline" {
+  name               = "idp-pipeline"
+  assume_role_policy = data.aws_iam_policy_document.idp_pipeline_trust.json
+}
