@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from idp.aws.tags import clean_tag_value
 from idp.config import Settings
 from idp.errors import InvalidAudience
 from idp.tokens.context import BuildContext
@@ -55,16 +56,6 @@ def escape_subject_value(value: str) -> str:
 def build_subject(claims: dict[str, str], keys: Sequence[str]) -> str:
     """GitHub's shape: `key:value` pairs joined by ':' (`repo:o/r:ref:refs/heads/main:...`)."""
     return ":".join(f"{key}:{escape_subject_value(claims[key])}" for key in keys)
-
-
-# AWS session tag values: letters, digits, spaces and _ . : / = + - @, at most 256 characters.
-TAG_VALUE_MAX = 256
-
-
-def clean_tag_value(value: str) -> str:
-    """A claim value AWS accepts as a session tag: other characters become '_'."""
-    cleaned = re.sub(r"[^\w .:/=+\-@]", "_", value)
-    return cleaned[:TAG_VALUE_MAX]
 
 
 def session_tags(claims: dict[str, str], keys: Sequence[str]) -> dict[str, Any]:
