@@ -13,7 +13,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev]'
+	$(BIN)/pip install --quiet -e '.[test,dev,bench]'
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the package with its test and dev tools
@@ -34,6 +34,16 @@ lint: $(STAMP) ## ruff (lint and format check) and mypy
 	$(BIN)/ruff check idp tests
 	$(BIN)/ruff format --check idp tests
 	$(BIN)/mypy
+
+chart: $(STAMP) ## render the helm chart with Helm's engine, lint it and validate it against Kubernetes schemas
+	$(BIN)/pytest -q tests/chart
+
+bench: $(STAMP) system-deps ## benchmark minting, JWKS and discovery against the machine's ceilings (BENCH_QUICK=1: under a minute)
+	@command -v wrk >/dev/null 2>&1 || { \
+	  echo "wrk not found: installing it with apt-get"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 format: $(STAMP) ## reformat the code with ruff
 	$(BIN)/ruff format idp tests

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from idp.config import Settings, load_settings
 from idp.keys.keyring import KeyRing
@@ -39,10 +40,22 @@ def create_app(
     app.extensions["idp.keyring"] = keyring
     app.extensions["idp.store"] = store
 
-    from idp.views import errors, health, oidc, tokens
+    if settings.trusted_proxies:
+        # Believe X-Forwarded-For only as far as the operator's own proxies append to it:
+        # the client address keys rate limits and goes into the audit log. Nothing else is
+        # taken from forwarded headers (every URL the issuer writes comes from IDP_ISSUER).
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.trusted_proxies, x_proto=0, x_host=0
+        )
 
+    from idp import ratelimit
+    from idp.views import errors, headers, health, oidc, openapi, tokens
+
+    ratelimit.init_app(app, settings)
     errors.init_app(app)
+    headers.init_app(app, settings)
     oidc.init_app(app, settings)
     tokens.init_app(app, settings)
     health.init_app(app, settings)
+    openapi.init_app(app, settings)
     return app

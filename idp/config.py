@@ -71,6 +71,12 @@ class Settings:
     request_token_ttl: int = 3900
     ready_stale_after: int = 30
     log_format: str = "text"
+    # Rate limits (README "Security"): `limits` strings such as "100/second", None = off.
+    rate_limit_ci: str | None = "100/second"
+    rate_limit_step: str | None = "30/minute"
+    rate_limit_client: str | None = "60/second"
+    # How many reverse proxies in front append to X-Forwarded-For (0: trust no such header).
+    trusted_proxies: int = 0
 
     @property
     def issuer_path(self) -> str:
@@ -279,12 +285,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             env, "IDP_READY_STALE_AFTER", 30, "a number of seconds, e.g. 30"
         ),
         log_format=log_format,
+        rate_limit_ci=_rate_limit(env, "IDP_RATE_LIMIT_CI", Settings.rate_limit_ci),
+        rate_limit_step=_rate_limit(env, "IDP_RATE_LIMIT_STEP", Settings.rate_limit_step),
+        rate_limit_client=_rate_limit(env, "IDP_RATE_LIMIT_CLIENT", Settings.rate_limit_client),
+        trusted_proxies=_non_negative_int(
+            env, "IDP_TRUSTED_PROXIES", 0, "the number of proxies, e.g. 1"
+        ),
     )
     _check_ring_size(settings)
     return settings
 
 
-def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
+def _non_negative_int(
+    env: Mapping[str, str], name: str, default: int, example: str = "a number of seconds, e.g. 60"
+) -> int:
     raw = _raw(env, name)
     if raw is None:
         return default
@@ -293,7 +307,29 @@ def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
     except ValueError:
         value = -1
     if value < 0:
-        raise ConfigError(f"{name}={raw!r} is not a whole number of seconds: set it to e.g. 60")
+        raise ConfigError(f"{name}={raw!r} is not a whole number: set it to {example}")
+    return value
+
+
+def _rate_limit(env: Mapping[str, str], name: str, default: str | None) -> str | None:
+    """A rate limit in the `limits` notation ("100/second", "30/minute;500/hour"), or off."""
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    value = raw.strip()
+    if value.lower() == "off":
+        return None
+    from limits import parse_many
+
+    try:
+        items = parse_many(value)
+    except ValueError:
+        items = []
+    if not items or any(item.amount <= 0 for item in items):
+        raise ConfigError(
+            f"{name}={raw!r} is not a rate limit: write it as COUNT/PERIOD such as 100/second, "
+            "30/minute or 1000/hour (several joined by ';'), or off"
+        )
     return value
 
 

@@ -55,6 +55,11 @@ class Metrics:
             "When the current key started signing",
             multiprocess_mode="max",
         )
+        self.rate_limited = Counter(
+            "idp_rate_limited_total",
+            "Requests refused with 429, by budget (ci, step, client)",
+            ["budget"],
+        )
         self.store_errors = Counter(
             "idp_store_errors_total", "Failed reads or writes of the key store"
         )

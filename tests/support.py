@@ -22,6 +22,12 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 CI_SECRET = "ci-secret-for-tests-0123456789"
+# For tests that load the issuer to test something else: the limiter still runs, never refuses.
+NO_RATE_LIMITS = {
+    "IDP_RATE_LIMIT_CI": "1000000/second",
+    "IDP_RATE_LIMIT_STEP": "1000000/second",
+    "IDP_RATE_LIMIT_CLIENT": "1000000/second",
+}
 
 
 def free_port() -> int:

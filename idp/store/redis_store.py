@@ -21,6 +21,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from typing import cast
 
 import redis
 from redis.exceptions import RedisError, WatchError
@@ -109,7 +110,8 @@ class RedisStore:
 
     def read_ring(self) -> RingJson | None:
         try:
-            raw = self.client.get(RING)
+            # redis-py types replies as "maybe awaitable"; this client is the synchronous one.
+            raw = cast(bytes | None, self.client.get(RING))
         except RedisError as exc:
             raise self._unavailable(exc) from None
         if raw is None:
@@ -128,7 +130,7 @@ class RedisStore:
                     while True:
                         try:
                             pipe.watch(RING)
-                            raw = pipe.get(RING)
+                            raw = cast(bytes | None, pipe.get(RING))
                             new = change(json.loads(raw) if raw else None)
                             if new is None:
                                 pipe.unwatch()

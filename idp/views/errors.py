@@ -17,6 +17,7 @@ _HTTP_CODES = {
     404: ("not_found", "no such endpoint: see the issuer's discovery document for its paths"),
     405: ("method_not_allowed", "this endpoint does not take that HTTP method"),
     413: ("request_too_large", "the request body is over 64 KiB: send a smaller build context"),
+    414: ("request_too_large", "the request URL is too long: send fewer or shorter parameters"),
     415: ("invalid_request", "send the body as application/json"),
     431: ("request_too_large", "the request headers are too large"),
 }
@@ -38,6 +39,9 @@ def _idp_error(exc: IdpError) -> Response:
 
 
 def _http_error(exc: HTTPException) -> Response:
+    if exc.response is not None:
+        # Already in our shape: the rate limiter's 429 with its Retry-After.
+        return exc.response  # type: ignore[return-value]
     status = exc.code or 500
     code, description = _HTTP_CODES.get(status, ("invalid_request", exc.description or ""))
     response = error_response(code, description, status)

@@ -70,12 +70,15 @@ class _Discovery:
 def init_app(app: Flask, settings: Settings) -> None:
     bp = Blueprint("oidc", __name__, url_prefix=settings.issuer_path or None)
     discovery_doc = _Discovery(settings)
+    limits = app.extensions["idp.ratelimits"]
 
     @bp.get("/.well-known/openid-configuration")
+    @limits.document
     def discovery() -> Response:
         return _published(discovery_doc.get(), settings.jwks_max_age)
 
     @bp.get("/.well-known/jwks")
+    @limits.document
     def jwks() -> Response:
         return _published(keyring().jwks(), settings.jwks_max_age)
 

@@ -12,7 +12,7 @@ import hmac
 import logging
 import time
 
-from flask import Blueprint, Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Response, g, jsonify, request
 
 from idp.config import Settings
 from idp.errors import Forbidden, IdpError, InvalidRequest, InvalidToken
@@ -57,9 +57,12 @@ def _no_store(response: Response) -> Response:
 
 
 def _open_request_token(settings: Settings) -> RequestToken:
-    token = _bearer("the step's request token")
-    now = int(time.time())
-    opened = request_tokens.verify(token, keyring().request_key, settings.issuer, now)
+    # The rate limiter may have verified it already, to key the step's budget by it.
+    opened: RequestToken | None = g.pop("idp_request_token", None)
+    if opened is None:
+        token = _bearer("the step's request token")
+        now = int(time.time())
+        opened = request_tokens.verify(token, keyring().request_key, settings.issuer, now)
     if store().is_build_closed(opened.context.build_id):
         raise InvalidToken(
             f"build {opened.context.build_id} is closed: request tokens of a finished build "
@@ -160,8 +163,10 @@ def _open(settings: Settings) -> Response:
 
 def init_app(app: Flask, settings: Settings) -> None:
     bp = Blueprint("tokens", __name__, url_prefix=settings.issuer_path or None)
+    limits = app.extensions["idp.ratelimits"]
 
     @bp.post("/request-tokens")
+    @limits.ci
     def open_request_token() -> Response:
         try:
             response = _open(settings)
@@ -172,6 +177,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         return response
 
     @bp.delete("/builds/<build_id>")
+    @limits.ci
     def close_build(build_id: str) -> Response:
         _require_ci_server(settings)
         if not build_id.isdigit() or len(build_id) > 20:
@@ -181,6 +187,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         return _no_store(jsonify(build_id=build_id, closed=True))
 
     @bp.get("/id-token")
+    @limits.step
     def github_exchange() -> Response:
         return _no_store(jsonify(value=_exchange(settings)))
 
@@ -189,6 +196,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     vela = Blueprint("vela", __name__)
 
     @vela.get("/api/v1/repos/<org>/<repo>/builds/<build_number>/id_token")
+    @limits.step
     def vela_exchange(org: str, repo: str, build_number: str) -> Response:
         return _no_store(jsonify(token=_exchange(settings)))
 

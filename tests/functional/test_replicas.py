@@ -22,7 +22,7 @@ import jwt
 import pytest
 import requests
 
-from tests.support import CI_SECRET, IssuerProcess, RedisServer, free_port
+from tests.support import CI_SECRET, NO_RATE_LIMITS, IssuerProcess, RedisServer, free_port
 from tests.unit.test_claims import CONTEXT
 
 KEK = "replica-test-key-encryption-key-0123456789"
@@ -43,6 +43,8 @@ def replica_env(redis_url: str, issuer: str) -> dict[str, str]:
         "IDP_REFRESH_INTERVAL": str(REFRESH),
         "IDP_TOKEN_TTL": "4",
         "IDP_READY_STALE_AFTER": "2",
+        # This load tests the key ring, not the rate limits (tests/functional/test_security.py)
+        **NO_RATE_LIMITS,
     }
 
 
