@@ -111,7 +111,10 @@ def _step_identity(settings: Settings) -> tuple[str, str]:
 def _too_many(limit: RequestLimit) -> Response:
     from idp.views.errors import error_response
 
-    retry_after = max(1, math.ceil(limit.reset_at - time.time()))
+    # reset_at is rounded up to a whole second past the window; never ask for longer than
+    # the window itself.
+    window = limit.limit.get_expiry()
+    retry_after = min(window, max(1, math.ceil(limit.reset_at - time.time())))
     metrics().rate_limited.labels(_scope_label(limit)).inc()
     response = error_response(
         "rate_limited",

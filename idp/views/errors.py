@@ -29,7 +29,8 @@ def error_response(code: str, description: str, status: int) -> Response:
     response.headers["Cache-Control"] = "no-store"
     if status == 401:
         # RFC 6750 §3: tell the client which scheme to use and why it failed.
-        safe = description.replace("\\", "").replace('"', "'")
+        # A header value must be printable ASCII without quotes that would end the parameter.
+        safe = "".join(c for c in description if " " <= c <= "~" and c not in '"\\')
         response.headers["WWW-Authenticate"] = f'Bearer error="{code}", error_description="{safe}"'
     return response
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from urllib.parse import parse_qsl
 
 from flask import Blueprint, Flask, Response, g, jsonify, request
 
 from idp.config import Settings
-from idp.errors import Forbidden, IdpError, InvalidRequest, InvalidToken
+from idp.errors import Forbidden, IdpError, InvalidAudience, InvalidRequest, InvalidToken
 from idp.observability import audience_label, audit, metrics
 from idp.tokens import request_tokens
 from idp.tokens.claims import id_token_claims, validate_audiences
@@ -74,10 +75,12 @@ def _open_request_token(settings: Settings) -> RequestToken:
 def _exchange(settings: Settings) -> str:
     """Open the step's request token and mint an ID token; every outcome is audited."""
     started = time.perf_counter()
-    requested = request.args.getlist("audience")
-    label = audience_label(requested[0], settings.audiences) if requested else "none"
+    requested: list[str] = []
+    label = "none"
     opened: RequestToken | None = None
     try:
+        requested = _requested_audiences()
+        label = audience_label(requested[0], settings.audiences) if requested else "none"
         opened = _open_request_token(settings)
         _check_vela_path(opened)
         audiences = validate_audiences(requested, settings)
@@ -110,6 +113,34 @@ def _exchange(settings: Settings) -> str:
         client=request.remote_addr,
     )
     return token
+
+
+# Far above any real query (api-version and up to 10 audiences), far below a parsing cost.
+MAX_QUERY_FIELDS = 32
+
+
+def _requested_audiences() -> list[str]:
+    # Parsed strictly from the raw query: werkzeug would keep an undecodable "%FF" as the
+    # three characters "%FF" and mint a token for an audience nobody asked for.
+    try:
+        fields = parse_qsl(
+            request.query_string.decode("ascii"),
+            keep_blank_values=True,
+            strict_parsing=False,
+            errors="strict",
+            max_num_fields=MAX_QUERY_FIELDS,
+        )
+    except UnicodeDecodeError:
+        raise InvalidAudience(
+            "the query string is not percent-encoded UTF-8: encode each audience with "
+            "urllib.parse.quote or encodeURIComponent"
+        ) from None
+    except ValueError:
+        raise InvalidAudience(
+            f"the query string has more than {MAX_QUERY_FIELDS} parameters: ask for at most "
+            "10 audiences"
+        ) from None
+    return [value for name, value in fields if name == "audience"]
 
 
 def _check_vela_path(opened: RequestToken) -> None:
