@@ -277,6 +277,44 @@ def test_settings_reach_the_configmap(tmp_path: Path) -> None:
     assert settings.log_format == "text"
     assert settings.audiences is None
     assert settings.aws_session_tags == ()
+    # Safe defaults reach the pod: rate limits on, the Ingress trusted as the one proxy.
+    assert settings.rate_limit_step == "30/minute"
+    assert settings.rate_limit_ci == "100/second"
+    assert settings.trusted_proxies == 1
+
+
+@pytest.mark.parametrize(
+    ("values", "proxies", "step"),
+    [
+        ({"ingress": {"enabled": False}}, 0, "30/minute"),
+        ({"config": {"trustedProxies": 2, "rateLimits": {"step": "off"}}}, 2, None),
+        (
+            {"config": {"trustedProxies": 0, "rateLimits": {"step": "5/minute;100/hour"}}},
+            0,
+            "5/minute;100/hour",
+        ),
+    ],
+)
+def test_rate_limits_and_proxies_reach_the_configmap(
+    tmp_path: Path, values: dict[str, Any], proxies: int, step: str | None
+) -> None:
+    settings = load_settings(issuer_environment(render(values), tmp_path))
+    assert settings.trusted_proxies == proxies
+    assert settings.rate_limit_step == step
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"config": {"rateLimits": {"step": "lots"}}},
+        {"config": {"rateLimits": {"step": 30}}},
+        {"config": {"trustedProxies": -1}},
+        {"config": {"trustedProxies": "1"}},
+    ],
+)
+def test_bad_rate_limit_values_are_refused_by_the_schema(values: dict[str, Any]) -> None:
+    with pytest.raises(helm.HelmValuesError):
+        render(values)
 
 
 # --- secrets -----------------------------------------------------------------------------
