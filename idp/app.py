@@ -27,7 +27,8 @@ def create_app(
     settings = settings or load_settings()
     store = store or create_store(settings)
 
-    app = Flask(__name__)
+    # No static folder: the issuer serves JSON only, and Flask would add a /static route.
+    app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.config["IDP_SETTINGS"] = settings
 

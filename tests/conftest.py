@@ -63,6 +63,17 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+@pytest.fixture(scope="module")
+def module_redis_url(redis_server: RedisServer) -> str:
+    """The private Redis, emptied for a module whose issuer lives as long as the module."""
+    if redis_server.proc is None:
+        redis_server.start()
+    client = redis_server.client()
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
 @pytest.fixture
 def live_issuer(tmp_path: Path) -> Iterator[IssuerProcess]:
     """`idp serve` on a free loopback port with the file store in a fresh folder."""

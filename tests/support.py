@@ -127,7 +127,7 @@ class IssuerProcess:
     def start(self, wait: bool = True) -> IssuerProcess:
         # Output goes to a file, not a pipe: nobody reads a pipe during a run, and a full
         # one would block the server on its next log line.
-        self._logfile = tempfile.TemporaryFile()
+        self._logfile = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [
                 sys.executable,

@@ -29,6 +29,7 @@ from idp.aws import DEFAULT_AUDIENCE
 from idp.aws.errors import TrustPolicyError
 from idp.aws.tags import clean_tag_value
 from idp.config import CONTEXT_CLAIMS
+from idp.tokens.claims import escape_subject_value
 
 ASSUME_ROLE = "sts:AssumeRoleWithWebIdentity"
 TAG_SESSION = "sts:TagSession"
@@ -309,11 +310,6 @@ def subject_pattern(patterns: Mapping[str, str], subject_claims: Iterable[str]) 
     for claim, pattern in patterns.items():
         _refuse_shiftable(claim, pattern, claims)
     return ":".join(f"{c}:{escape_subject_value(patterns.get(c, '*'))}" for c in claims)
-
-
-def escape_subject_value(value: str) -> str:
-    """A value as the issuer writes it into `sub`: a `:` inside it becomes `%3A`."""
-    return value.replace(":", "%3A")
 
 
 def tag_pattern(pattern: str) -> str:

@@ -63,7 +63,17 @@ def session_tags(claims: dict[str, str], keys: Sequence[str]) -> dict[str, Any]:
 
 
 def validate_audiences(raw: Sequence[str], settings: Settings) -> list[str]:
-    """The requested audiences, checked; raise InvalidAudience naming the problem."""
+    """The requested audiences, checked; raise InvalidAudience naming the problem.
+
+    The result is the requested audiences in order without repeats: never more or others.
+    """
+    # A bare string is a Sequence[str] too: iterated, "ab" would become audiences "a" and "b".
+    if (
+        isinstance(raw, str | bytes)
+        or not isinstance(raw, Sequence)
+        or not all(isinstance(audience, str) for audience in raw)
+    ):
+        raise InvalidAudience("the audiences must be a list of strings: one per audience")
     if not raw:
         raise InvalidAudience(
             "no audience was requested: add ?audience=<the relying party's client id>, "

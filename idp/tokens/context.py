@@ -20,8 +20,12 @@ Kind = Literal["text", "id", "bool"]
 # Control characters (C0, DEL, C1) and the Unicode line/paragraph separators: nothing in a
 # claim may break a log line, a header or a subject.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# A JSON string may carry a lone UTF-16 surrogate (`"\ud800"`): Python decodes it, but it is no
+# character and cannot be encoded as UTF-8, so no token, log line or header could hold it.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _REPO = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 _ID = re.compile(r"[0-9]{1,20}")
+_ID_LIMIT = 10**20
 
 
 @dataclass(frozen=True)
@@ -94,11 +98,22 @@ def _bad(field: str, problem: str) -> InvalidRequest:
     return InvalidRequest(f"build context field {field!r} {problem}")
 
 
+def _preview(value: object) -> str:
+    """A short view of a refused value for the error message, which never raises."""
+    try:
+        text = str(value)
+    except ValueError:  # an int over Python's 4300-digit str() limit, maybe inside a list
+        return f"a {type(value).__name__} value too large to show"
+    return repr(text[:40])
+
+
 def _text(name: str, spec: Field, value: object) -> str:
     if spec.kind == "id":
         # Vela sends build ids and numbers as JSON numbers; accept digit strings too.
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise _bad(name, "must be a non-negative integer (or a string of digits)")
+        if isinstance(value, int) and not 0 <= value < _ID_LIMIT:
+            raise _bad(name, f"must be a non-negative integer, got {_preview(value)}")
         text = str(value)
         if text == "" and spec.allow_empty:
             return text
@@ -113,6 +128,8 @@ def _text(name: str, spec: Field, value: object) -> str:
         raise _bad(name, f"is over {spec.max_length} characters")
     if _CONTROL.search(value):
         raise _bad(name, "contains a control character")
+    if _SURROGATE.search(value):
+        raise _bad(name, "contains a lone UTF-16 surrogate (a \\udXXX escape), which is not text")
     if value != value.strip():
         raise _bad(name, "has leading or trailing whitespace")
     if spec.no_colon and ":" in value:
@@ -139,7 +156,7 @@ def parse_context(data: object) -> BuildContext:
         value = data[name]
         if spec.kind == "bool":
             if not isinstance(value, bool):
-                raise _bad(name, f"must be true or false, got {str(value)[:40]!r}")
+                raise _bad(name, f"must be true or false, got {_preview(value)}")
             values[name] = value
         else:
             values[name] = _text(name, spec, value)

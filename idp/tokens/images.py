@@ -7,6 +7,12 @@
 The first component is a registry only when it looks like one (has a `.` or a `:`, or is
 `localhost`), so `registry:5000/img:tag` is the image `registry:5000/img` with tag `tag` —
 the case Vela's own parser gets wrong by splitting at the first colon.
+
+Beyond the grammar, a reference is accepted exactly when Docker's `ParseNormalizedNamed`
+accepts it: not a bare 64-hex image id; a repository path (the name without its registry,
+`library/` prepended on Docker Hub for a one-component name) of at most 255 characters; a
+digest that go-digest validates (`sha256`, `sha384` or `sha512` with lowercase hex of that
+hash's length; the grammar alone admits any algorithm and 32+ hex digits of either case).
 """
 
 from __future__ import annotations
@@ -32,6 +38,10 @@ _REFERENCE = re.compile(
 )
 
 NAME_MAX = 255
+# go-digest's registered algorithms and the length of their (lowercase) hex encoding.
+_DIGEST_HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
+_IDENTIFIER = re.compile(r"[a-f0-9]{64}")
+_DOCKER_HUB = ("docker.io", "index.docker.io")
 
 
 class InvalidImageReference(ValueError):
@@ -63,8 +73,33 @@ def _looks_like_domain(component: str) -> bool:
     )
 
 
+def _repository_path(name: str, domain: str | None) -> str:
+    """The path Docker measures against NAME_MAX: the name without a registry, as normalized."""
+    if domain is not None and _looks_like_domain(domain):
+        path = name[len(domain) + 1 :]
+        hub = domain in _DOCKER_HUB
+    else:
+        path, hub = name, True
+    return f"library/{path}" if hub and "/" not in path else path
+
+
+def _digest_problem(digest: str) -> str | None:
+    algorithm, _, encoded = digest.partition(":")
+    length = _DIGEST_HEX_LENGTHS.get(algorithm)
+    if length is None:
+        return f"digest algorithm {algorithm!r} is not one of {', '.join(_DIGEST_HEX_LENGTHS)}"
+    if len(encoded) != length or encoded != encoded.lower():
+        return f"a {algorithm} digest is {length} lowercase hex digits"
+    return None
+
+
 def parse_image(reference: str) -> ImageReference:
     """Split a reference into name, tag and digest, or raise InvalidImageReference."""
+    if _IDENTIFIER.fullmatch(reference):
+        raise InvalidImageReference(
+            f"{reference!r} is a 64-hex image id, not a reference: name the image, "
+            "e.g. app@sha256:<hex>"
+        )
     match = _REFERENCE.fullmatch(reference)
     if match is None:
         raise InvalidImageReference(
@@ -85,11 +120,13 @@ def parse_image(reference: str) -> ImageReference:
             f"{reference!r} is not a valid image reference: {domain!r} is neither a "
             "registry host (it has no '.' or ':') nor a lowercase path component"
         )
-    if len(name) > NAME_MAX:
+    if len(_repository_path(name, domain)) > NAME_MAX:
         raise InvalidImageReference(
-            f"the image name in {reference[:80]!r}... is over {NAME_MAX} characters"
+            f"the repository path in {reference[:80]!r}... is over {NAME_MAX} characters"
         )
+    digest = match["digest"]
+    problem = None if digest is None else _digest_problem(digest)
+    if problem is not None:
+        raise InvalidImageReference(f"{reference!r} is not a valid image reference: {problem}")
     tag = match["tag"]
-    return ImageReference(
-        name=name, tag=tag or "latest", digest=match["digest"], tag_given=tag is not None
-    )
+    return ImageReference(name=name, tag=tag or "latest", digest=digest, tag_given=tag is not None)

@@ -21,7 +21,9 @@ from idp.tokens.context import BuildContext, parse_context
 
 TYP = "idp-request+jwt"
 ALG = "HS256"
-MAX_TOKEN_LENGTH = 8192
+# A request token travels as "Authorization: Bearer <token>", which gunicorn caps at 8190
+# bytes per header line: a token longer than this could be issued but never presented.
+MAX_TOKEN_LENGTH = 8000
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,12 @@ def issue(ctx: BuildContext, key: OctKey, issuer: str, now: int, default_ttl: in
         "ctx": ctx.to_json(),
     }
     token = jwt.encode({"alg": ALG, "typ": TYP}, claims, key, algorithms=[ALG])
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidRequest(
+            f"the build context makes a request token of {len(token)} characters, over the "
+            f"{MAX_TOKEN_LENGTH} a step can send in a header: shorten ref, branch, step, image "
+            "or the other text fields"
+        )
     return RequestToken(token=token, jti=jti, expires_at=now + ttl, context=ctx)
 
 

@@ -162,7 +162,10 @@ def _open(settings: Settings) -> Response:
     _require_ci_server(settings)
     if not request.is_json:
         raise InvalidRequest("send the build context as JSON (Content-Type: application/json)")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # json nests deeper than Python recurses: not a build context
+        body = None
     if body is None:
         raise InvalidRequest("the body is not valid JSON: send the build context as an object")
     ctx = parse_context(body)
@@ -211,7 +214,8 @@ def init_app(app: Flask, settings: Settings) -> None:
     @limits.ci
     def close_build(build_id: str) -> Response:
         _require_ci_server(settings)
-        if not build_id.isdigit() or len(build_id) > 20:
+        # isdigit() alone would take "²" or Arabic-Indic digits.
+        if not (build_id.isascii() and build_id.isdigit()) or len(build_id) > 20:
             raise InvalidRequest("the build id must be the build's number id, digits only")
         # Kept closed past the longest life a request token can have.
         store().close_build(build_id, int(time.time()) + MAX_TTL + settings.clock_skew)

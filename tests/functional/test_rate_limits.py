@@ -84,6 +84,9 @@ def test_a_request_tokens_budget_is_shared_by_the_replicas(pair: list[IssuerProc
     # Another step's token has its own budget.
     other = open_token(two, 502).json()["token"]
     assert exchange(one, other).status_code == 200
+    # And the refusals are counted, by budget.
+    metrics = requests.get(f"{one.issuer}/metrics", timeout=10).text
+    assert 'idp_rate_limited_total{budget="step"} 1.0' in metrics
 
 
 def test_the_ci_budget_is_per_secret_and_wrong_secrets_count_per_address(

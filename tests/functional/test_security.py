@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from idp.views.headers import SECURITY_HEADERS
-from tests.support import CI_SECRET, IssuerProcess, RedisServer
+from tests.support import CI_SECRET, IssuerProcess
 from tests.unit.test_claims import CONTEXT
 
 CI = {"Authorization": f"Bearer {CI_SECRET}"}
@@ -76,11 +76,9 @@ class Target:
 
 
 @pytest.fixture(scope="module")
-def target(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    if redis_server.proc is None:
-        redis_server.start()
+def target(module_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     env = {
-        "IDP_REDIS_URL": redis_server.url,
+        "IDP_REDIS_URL": module_redis_url,
         "IDP_KEY_ENCRYPTION_KEY": KEK,
         "IDP_KEYS_DIR": str(tmp_path_factory.mktemp("unused")),
     }
@@ -242,6 +240,7 @@ ATTACKS = [
     Attack("CI secret with a suffix", open_with({"Authorization": f"Bearer {CI_SECRET}x"}), 401, "invalid_token"),
     Attack("a step's request token on the CI API", lambda t: open_with({"Authorization": f"Bearer {t.token()}"})(t), 401, "invalid_token"),
     Attack("closing a build with a request token", lambda t: requests.delete(f"{t.issuer}/builds/1", headers={"Authorization": f"Bearer {t.token()}"}, timeout=10), 401, "invalid_token"),
+    Attack("closing a build id in non-ASCII digits", lambda t: requests.delete(f"{t.issuer}/builds/\u0661\u0662", headers=CI, timeout=10), 400, "invalid_request"),
     Attack("closing a build id that is not a number", lambda t: requests.delete(f"{t.issuer}/builds/1%3B2", headers=CI, timeout=10), 400, "invalid_request"),
     # Audience smuggling.
     Attack("no audience", audience("x=1"), 400, "invalid_audience"),
@@ -268,6 +267,9 @@ ATTACKS = [
     Attack("body that is not JSON", open_with(CI, raw=b"{not json"), 400, "invalid_request"),
     Attack("body that is not UTF-8", open_with(CI, raw=b'{"repo": "\xff\xfe"}'), 400, "invalid_request"),
     Attack("form body instead of JSON", open_with(CI, raw=b"repo=a/b", content_type="application/x-www-form-urlencoded"), 400, "invalid_request"),
+    Attack("JSON nested 30000 deep (under 64 KiB)", open_with(CI, raw=b"[" * 30000 + b"]" * 30000), 400, "invalid_request"),
+    Attack("a context too large for a request token", open_with(CI, {**CONTEXT, "ref": "refs/" + "\u4e2d" * 500, "branch": "\u4e2d" * 500, "step": "\u4e2d" * 256, "actor": "\u4e2d" * 256, "request": "\u4e2d" * 256, "sha": "\u4e2d" * 128, "event": "\u4e2d" * 128}), 400, "invalid_request"),
+    Attack("a lone surrogate in the context", open_with(CI, raw=b'{"step": "s\\ud800"}'), 400, "invalid_request"),
     Attack("JSON that is not an object", open_with(CI, [1, 2]), 400, "invalid_request"),
     Attack("wrong method", lambda t: requests.put(f"{t.issuer}/request-tokens", headers=CI, timeout=10), 405, "method_not_allowed"),
 ]  # fmt: skip

@@ -36,8 +36,9 @@ FULL_SUBJECT = ("repo", "ref", "event", "image_name", "commands")
 
 
 def make_sub(claims: dict[str, str], order: tuple[str, ...]) -> str:
-    """`sub` as the issuer builds it (GitHub's way): key:value pairs, ':' in values as %3A."""
-    return ":".join(f"{key}:{claims[key].replace(':', '%3A')}" for key in order)
+    """`sub` as the issuer builds it (GitHub's way): key:value pairs, '%' in values as %25,
+    then ':' as %3A."""
+    return ":".join(f"{key}:{claims[key].replace('%', '%25').replace(':', '%3A')}" for key in order)
 
 
 def _like(pattern: str, value: str) -> bool:
@@ -247,6 +248,22 @@ def test_values_with_colons(way: str, event: str, claims: dict[str, str], expect
     assert (
         aws_allows(document, token(**claims), shape.subject_claims, shape.session_tags) is expected
     )
+
+
+@pytest.mark.parametrize(
+    ("ref", "claims", "expected"),
+    [
+        ("refs/heads/100%", {"ref": "refs/heads/100%"}, ALLOWED),
+        ("refs/heads/100%*", {"ref": "refs/heads/100%-done"}, ALLOWED),
+        ("refs/heads/100%", {"ref": "refs/heads/100%25"}, DENIED),
+    ],
+)
+def test_values_with_percent_signs(ref: str, claims: dict[str, str], expected: bool) -> None:
+    # The issuer writes '%' in a sub value as %25; the policy must say the same, or a ref
+    # holding a '%' would never match.
+    shape = IssuerShape()
+    document = policy(shape, repo="octo-org/octo-repo", ref=ref)
+    assert aws_allows(document, token(**claims), shape.subject_claims) is expected
 
 
 def test_allow_any_repo_pins_only_the_audience() -> None:
