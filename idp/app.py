@@ -52,7 +52,7 @@ def create_app(
     from idp import ratelimit
     from idp.views import errors, headers, health, oidc, openapi, tokens
 
-    ratelimit.init_app(app, settings)
+    ratelimit.init_app(app, settings, store)
     errors.init_app(app)
     headers.init_app(app, settings)
     oidc.init_app(app, settings)

@@ -1,4 +1,4 @@
-"""Rate limits, with flask-limiter, shared by every replica through the issuer's Redis.
+"""Rate limits, counted by the `limits` library in the issuer's Redis, shared by every replica.
 
 Three budgets (README "Security"), each a `limits` string or off:
 - `IDP_RATE_LIMIT_CI`     per CI secret, on `POST /request-tokens` and `DELETE /builds/<id>`;
@@ -7,215 +7,235 @@ Three budgets (README "Security"), each a `limits` string or off:
 
 A request that does not present a valid credential is counted against its client address
 instead, so guessing secrets or spraying forged tokens is bounded per address, and a wrong
-credential never gets a fresh bucket of its own.
+credential never gets a fresh budget of its own.
 
-Discovery, JWKS and the OpenAPI document are limited per address by each worker in memory, not
-in Redis: they are served from memory at framework speed, a shared counter would cost more than
-the answer, and AWS must always be able to fetch them (see bench/README.md).
+The views call these checks where they know who is asking (after the CI secret or the request
+token is checked), so the budget follows the credential and nothing runs on requests that no
+budget covers. The exchange's count rides in the same Redis pipeline as its closed-build check:
+one round trip per minted token.
 
-Counters use the sliding-window-counter strategy: one Redis script call per request, no burst
-of twice the limit at a window edge. If Redis is unreachable, each worker falls back to its own
-in-memory counters until Redis answers again: limits stay on, per worker, rather than failing
-open or refusing every token while the key ring itself keeps serving. Without Redis (the
-embedded file store) every worker counts in its own memory: a budget then holds per worker.
+Counters use `limits`' sliding-window-counter strategy: one Redis script per hit, no burst of
+twice the limit at a window's edge. If Redis is unreachable, each worker counts in its own memory
+until Redis answers again: limits stay on, per worker, rather than failing open or refusing every
+token while the key ring keeps serving. Without Redis (the embedded file store) every worker
+counts in its own memory: a budget then holds per worker.
+
+Discovery, JWKS and the OpenAPI document are limited per address by each worker in memory, never
+in Redis: they are served from memory, a shared counter would cost more than the answer, and AWS
+must always be able to fetch them (bench/README.md).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import hmac
+import logging
 import math
 import time
-from collections.abc import Callable
-from typing import TypeVar, cast
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from flask import Flask, Response, current_app, g, request
-from flask_limiter import Limiter, RequestLimit
+from flask import Flask, current_app, request
+from limits import RateLimitItem, parse_many
+from limits.storage import MemoryStorage, RedisStorage
+from limits.strategies import SlidingWindowCounterRateLimiter
+from redis.exceptions import NoScriptError, RedisError
 
 from idp.config import Settings
 from idp.errors import IdpError
 from idp.observability import metrics
+from idp.store import Store
+from idp.store.redis_store import RedisStore
 
-F = TypeVar("F", bound=Callable[..., Response])
+log = logging.getLogger(__name__)
 
-# Redis keys of the counters, beside the rest of the issuer's keys.
+# The counters' Redis keys, beside the rest of the issuer's keys.
 KEY_PREFIX = "idp:limits"
-# One script call per request, and no burst of twice the limit at a window's edge.
-STRATEGY = "sliding-window-counter"
+# After a Redis failure, count in memory for this long before trying Redis again.
+BACKOFF = 2.0
+
+
+class RateLimited(IdpError):
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, item: RateLimitItem, retry_after: int) -> None:
+        super().__init__(
+            f"too many requests: this issuer allows {item}; retry after {retry_after} s, "
+            "or ask its operator to raise IDP_RATE_LIMIT_*"
+        )
+        self.retry_after = retry_after
 
 
 def client_address() -> str:
-    # request.remote_addr is the peer, or the client named by X-Forwarded-For when
-    # IDP_TRUSTED_PROXIES tells how many proxies to believe (werkzeug's ProxyFix).
-    return f"addr:{request.remote_addr or 'unknown'}"
+    # The peer, or the client X-Forwarded-For names when IDP_TRUSTED_PROXIES says how many
+    # proxies to believe (werkzeug's ProxyFix, installed by the app factory).
+    return request.remote_addr or "unknown"
 
 
-def _bearer() -> str | None:
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    value = value.strip()
-    return value if scheme.lower() == "bearer" and value else None
+def secret_name(secret: str) -> str:
+    # A CI secret's budget is named by a digest: the secret itself never becomes a Redis key.
+    return hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
-def _ci_identity(settings: Settings) -> tuple[str, str]:
-    """(counter key, budget) for a call to the CI server's API.
-
-    Each configured secret has its own budget, named by a digest (never the secret itself,
-    which would then sit in Redis key names). A wrong or missing secret is counted against
-    the client address with the per-address budget, so guessing is bounded per address.
-    """
-    cached: tuple[str, str] | None = g.get("idp_limit_ci")
-    if cached is None:
-        presented = (_bearer() or "").encode()
-        found = None
-        for secret in settings.ci_secrets:  # every one, in constant time
-            if hmac.compare_digest(presented, secret.encode()):
-                found = hashlib.sha256(secret.encode()).hexdigest()[:16]
-        assert settings.rate_limit_ci is not None
-        if found:
-            cached = (f"ci:{found}", settings.rate_limit_ci)
-        else:
-            cached = (client_address(), settings.rate_limit_client or settings.rate_limit_ci)
-        g.idp_limit_ci = cached
-    return cached
-
-
-def _step_identity(settings: Settings) -> tuple[str, str]:
-    """(counter key, budget) for a token exchange.
-
-    A request token that verifies is its own budget, keyed by its jti; the opened token is
-    kept for the view, which then does not verify it twice. One that does not verify is
-    refused by the view anyway, and counts against the client address.
-    """
-    cached: tuple[str, str] | None = g.get("idp_limit_step")
-    if cached is None:
-        from idp.tokens import request_tokens
-        from idp.views import keyring
-
-        assert settings.rate_limit_step is not None
-        cached = (client_address(), settings.rate_limit_client or settings.rate_limit_step)
-        token = _bearer()
-        if token is not None:
-            try:
-                opened = request_tokens.verify(
-                    token, keyring().request_key, settings.issuer, int(time.time())
-                )
-            except IdpError:
-                pass
-            else:
-                g.idp_request_token = opened
-                cached = (f"step:{opened.jti}", settings.rate_limit_step)
-        g.idp_limit_step = cached
-    return cached
-
-
-def _too_many(limit: RequestLimit) -> Response:
-    from idp.views.errors import error_response
-
-    # reset_at is rounded up to a whole second past the window; never ask for longer than
-    # the window itself.
-    window = limit.limit.get_expiry()
-    retry_after = min(window, max(1, math.ceil(limit.reset_at - time.time())))
-    metrics().rate_limited.labels(_scope_label(limit)).inc()
-    response = error_response(
-        "rate_limited",
-        f"too many requests: this issuer allows {limit.limit}; retry after {retry_after} s, "
-        "or ask its operator to raise IDP_RATE_LIMIT_*",
-        429,
-    )
-    response.headers["Retry-After"] = str(retry_after)
-    return response
-
-
-def _scope_label(limit: RequestLimit) -> str:
-    # RequestLimit.key is "<prefix>/<key>/<scope>/..."; the key says which budget it was.
-    text = str(limit.key)
-    for scope in ("ci", "step", "addr"):
-        if f"/{scope}:" in text or text.startswith(f"{scope}:"):
-            return {"addr": "client"}.get(scope, scope)
-    return "client"
-
-
-def _storage_uri(redis_url: str) -> str:
-    # limits spells a Unix socket URL redis+unix://; the rest it takes as redis-py does.
-    return (
-        "redis+unix://" + redis_url[len("unix://") :]
-        if redis_url.startswith("unix://")
-        else redis_url
-    )
+def _items(spec: str | None) -> tuple[RateLimitItem, ...]:
+    return tuple(parse_many(spec)) if spec else ()
 
 
 class RateLimits:
-    """The issuer's limits; views decorate their routes with `ci`, `step` and `document`."""
+    """The issuer's budgets and where they are counted."""
 
-    def __init__(self, app: Flask, settings: Settings) -> None:
-        self.settings = settings
-        defaults = [settings.rate_limit_client] if settings.rate_limit_client else []
-        if settings.redis_url:
-            storage_uri = _storage_uri(settings.redis_url)
-            # The request path gives up on a slow Redis fast and counts in memory meanwhile.
-            options: dict[str, str | int] = {
-                "socket_timeout": 1,
-                "socket_connect_timeout": 1,
-                "key_prefix": KEY_PREFIX,
-            }
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.ci_items = _items(settings.rate_limit_ci)
+        self.step_items = _items(settings.rate_limit_step)
+        self.client_items = _items(settings.rate_limit_client)
+        # Per worker, in memory: the public documents always; everything while Redis is down;
+        # everything when there is no Redis.
+        self.memory = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self.redis_store = store if isinstance(store, RedisStore) else None
+        self.shared: SlidingWindowCounterRateLimiter | None = None
+        self.storage: RedisStorage | None = None
+        if self.redis_store is not None:
+            # The store's fast client's connections: the same short timeouts as the rest of
+            # the request path, and no second pool per worker.
+            self.storage = RedisStorage(
+                "redis://", connection_pool=self.redis_store.hot.connection_pool,
+                key_prefix=KEY_PREFIX,
+            )  # fmt: skip
+            self.shared = SlidingWindowCounterRateLimiter(self.storage)
+        self._down_until = 0.0
+
+    # --- the budgets ----------------------------------------------------------------------
+
+    def ci_server(self, secret: str | None) -> None:
+        """Count a CI API call: against the matched secret's budget, or the address's."""
+        if secret is not None:
+            self._hit(self.ci_items, "ci", secret_name(secret), "ci")
         else:
-            storage_uri, options = "memory://", {}
-        self.shared = Limiter(
-            client_address,
-            app=app,
-            default_limits=list(defaults),
-            storage_uri=storage_uri,
-            storage_options=options,
-            in_memory_fallback_enabled=bool(settings.redis_url),
-            headers_enabled=False,  # X-RateLimit-* headers would cost a Redis call each
-            strategy=STRATEGY,
-            on_breach=_too_many,
-        )
-        self.local = Limiter(
-            client_address,
-            app=app,
-            storage_uri="memory://",
-            headers_enabled=False,
-            strategy=STRATEGY,
-            on_breach=_too_many,
-        )
+            self._hit(self.client_items or self.ci_items, "ci-refused", client_address(), "client")
 
-    def ci(self, view: F) -> F:
-        """Per CI secret (per address for a wrong one)."""
-        settings = self.settings
-        if settings.rate_limit_ci is None:
+    def refused_step(self) -> None:
+        """Count an exchange whose request token did not verify, against the address."""
+        self._hit(self.client_items or self.step_items, "step-refused", client_address(), "client")
+
+    def step_and_closed(self, jti: str, build_id: str, store: Store) -> bool:
+        """Count an exchange against its request token's budget, and say whether its build
+        is closed: with Redis, both in one pipelined round trip."""
+        if not self.step_items:
+            return store.is_build_closed(build_id)
+        if self.redis_store is None or not self._redis_up():
+            closed = store.is_build_closed(build_id)
+            self._hit(self.step_items, "step", jti, "step", shared=False)
+            return closed
+        try:
+            closed, results = self.redis_store.is_build_closed_with(
+                build_id, lambda pipe: self._queue_hits(pipe, "step", jti)
+            )
+        except NoScriptError:
+            assert self.storage is not None
+            self.storage.lua_acquire_sliding_window.registered_client.script_load(
+                self.storage.lua_acquire_sliding_window.script
+            )
+            closed, results = self.redis_store.is_build_closed_with(
+                build_id, lambda pipe: self._queue_hits(pipe, "step", jti)
+            )
+        if results is None:  # Redis failed: the store answered from its mirror
+            self._redis_failed()
+            self._hit(self.step_items, "step", jti, "step", shared=False)
+            return closed
+        counted = list(zip(self.step_items, (bool(r) for r in results), strict=True))
+        for item, acquired in counted:
+            if not acquired:
+                self._refuse(item, ("step", jti), "step", shared=True)
+        return closed
+
+    def client(self, scope: str) -> None:
+        """Count a request on a route with no credential, against the address, in Redis."""
+        self._hit(self.client_items, scope, client_address(), "client")
+
+    def document(self, view: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorate the view of a public document: the per-address budget, counted in this
+        worker's memory, never in Redis."""
+        if not self.client_items:
             return view
-        limited = self.shared.shared_limit(
-            lambda: _ci_identity(settings)[1],
-            scope="ci",
-            key_func=lambda: _ci_identity(settings)[0],
-        )
-        return limited(view)  # type: ignore[return-value]
+        scope = view.__name__
 
-    def step(self, view: F) -> F:
-        """Per request token (per address for one that does not verify); one budget for both
-        exchange routes."""
-        settings = self.settings
-        if settings.rate_limit_step is None:
-            return view
-        limited = self.shared.shared_limit(
-            lambda: _step_identity(settings)[1],
-            scope="step",
-            key_func=lambda: _step_identity(settings)[0],
-        )
-        return limited(view)  # type: ignore[return-value]
+        @functools.wraps(view)
+        def limited(*args: Any, **kwargs: Any) -> Any:
+            self._hit(self.client_items, scope, client_address(), "client", shared=False)
+            return view(*args, **kwargs)
 
-    def document(self, view: F) -> F:
-        """Public documents: per address, per worker, in memory; never a Redis call."""
-        exempted = cast(F, self.shared.exempt(view))
-        budget = self.settings.rate_limit_client
-        if budget is None:
-            return exempted
-        return self.local.limit(budget)(exempted)  # type: ignore[return-value]
+        return limited
+
+    # --- counting -------------------------------------------------------------------------
+
+    def _limiter(self, shared: bool) -> SlidingWindowCounterRateLimiter:
+        if shared and self.shared is not None and self._redis_up():
+            return self.shared
+        return self.memory
+
+    def _hit(
+        self,
+        items: Sequence[RateLimitItem],
+        scope: str,
+        key: str,
+        budget: str,
+        shared: bool = True,
+    ) -> None:
+        for item in items:
+            limiter = self._limiter(shared)
+            try:
+                acquired = limiter.hit(item, scope, key)
+            except RedisError:
+                self._redis_failed()
+                limiter = self.memory
+                acquired = limiter.hit(item, scope, key)
+            if not acquired:
+                self._refuse(item, (scope, key), budget, shared=limiter is not self.memory)
+
+    def _queue_hits(self, pipe: Any, scope: str, key: str) -> None:
+        # Exactly what `limits`' RedisStorage.acquire_sliding_window_entry sends, queued on
+        # the store's pipeline instead of sent alone (tests/functional/test_rate_limits.py
+        # checks that the library reads back what this writes).
+        storage = self.storage
+        assert storage is not None
+        for item in self.step_items:
+            name = item.key_for(scope, key)
+            keys = [
+                storage.prefixed_key(storage._previous_window_key(name)),
+                storage.prefixed_key(storage._current_window_key(name)),
+            ]
+            # EVALSHA by hand: through redis-py's Script, every pipeline would first ask
+            # SCRIPT EXISTS, a round trip of its own. A Redis that lost the script (restarted)
+            # answers NOSCRIPT; step_and_closed then loads it and sends the pipeline again.
+            pipe.evalsha(
+                storage.lua_acquire_sliding_window.sha, 2, *keys, item.amount, item.get_expiry(), 1
+            )
+
+    def _refuse(
+        self, item: RateLimitItem, identifiers: tuple[str, str], budget: str, shared: bool
+    ) -> None:
+        limiter = self.shared if shared and self.shared is not None else self.memory
+        try:
+            reset = limiter.get_window_stats(item, *identifiers).reset_time
+        except RedisError:
+            reset = time.time() + item.get_expiry()
+        window = item.get_expiry()
+        retry_after = min(window, max(1, math.ceil(reset - time.time())))
+        metrics().rate_limited.labels(budget).inc()
+        raise RateLimited(item, retry_after)
+
+    def _redis_up(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _redis_failed(self) -> None:
+        if self._redis_up():
+            log.warning("Redis unreachable: counting rate limits in this worker's memory")
+        self._down_until = time.monotonic() + BACKOFF
 
 
-def init_app(app: Flask, settings: Settings) -> RateLimits:
-    limits = RateLimits(app, settings)
+def init_app(app: Flask, settings: Settings, store: Store) -> RateLimits:
+    limits = RateLimits(settings, store)
     app.extensions["idp.ratelimits"] = limits
     return limits
 

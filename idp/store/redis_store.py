@@ -21,10 +21,10 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import redis
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import NoScriptError, RedisError, WatchError
 
 from idp.config import Settings
 from idp.errors import ConfigError
@@ -174,6 +174,28 @@ class RedisStore:
             self._unavailable(exc)
             log.warning("Redis unreachable; checking closed builds against the local mirror")
             return False
+
+    def is_build_closed_with(
+        self, build_id: str, queue: Callable[[Any], None]
+    ) -> tuple[bool, list[Any] | None]:
+        """`is_build_closed`, with more commands (`queue` adds them to the pipeline) sent in
+        the same round trip; their replies follow, or None if Redis could not be asked."""
+        with self._mirror_lock:
+            mirrored = build_id in self._closed
+        if time.monotonic() < self._down_until:
+            return mirrored, None
+        try:
+            with self.hot.pipeline(transaction=False) as pipe:
+                pipe.exists(f"{CLOSED}{build_id}")
+                queue(pipe)
+                exists, *replies = pipe.execute()
+        except NoScriptError:
+            raise  # the caller's script is not loaded: the caller loads it and asks again
+        except RedisError as exc:
+            self._unavailable(exc)
+            log.warning("Redis unreachable; checking closed builds against the local mirror")
+            return mirrored, None
+        return mirrored or bool(exists), replies
 
     def sync(self) -> None:
         """Mirror the closures made since the last sync (called by the background refresher)."""

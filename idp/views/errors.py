@@ -36,13 +36,14 @@ def error_response(code: str, description: str, status: int) -> Response:
 
 
 def _idp_error(exc: IdpError) -> Response:
-    return error_response(exc.code, exc.description, exc.status)
+    response = error_response(exc.code, exc.description, exc.status)
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:  # RFC 6585: a 429 says when to come back
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 def _http_error(exc: HTTPException) -> Response:
-    if exc.response is not None:
-        # Already in our shape: the rate limiter's 429 with its Retry-After.
-        return exc.response  # type: ignore[return-value]
     status = exc.code or 500
     code, description = _HTTP_CODES.get(status, ("invalid_request", exc.description or ""))
     response = error_response(code, description, status)

@@ -26,12 +26,17 @@ def init_app(app: Flask, settings: Settings) -> None:
     headers = dict(SECURITY_HEADERS)
     if settings.issuer.startswith("https://"):
         headers["Strict-Transport-Security"] = HSTS
+    # Views that may be cached say so (discovery, JWKS, the OpenAPI document); anything else,
+    # tokens and errors above all, must not be kept by any cache.
+    headers["Cache-Control"] = "no-store"
+    wanted = [(name.lower(), name, value) for name, value in headers.items()]
 
     @app.after_request
     def secure(response: Response) -> Response:
-        for name, value in headers.items():
-            response.headers.setdefault(name, value)
-        # Views that may be cached say so (discovery, JWKS, the OpenAPI document); anything
-        # else, tokens and errors above all, must not be kept by any cache.
-        response.headers.setdefault("Cache-Control", "no-store")
+        # One pass over what the view set (werkzeug's setdefault rescans the list per call,
+        # which on JWKS cost more than the view itself).
+        present = {name.lower() for name in response.headers.keys()}  # noqa: SIM118
+        for key, name, value in wanted:
+            if key not in present:
+                response.headers.add(name, value)
         return response

@@ -7,6 +7,7 @@ from flask import Blueprint, Flask, Response, jsonify
 from idp.config import Settings
 from idp.observability import metrics as registry
 from idp.observability import render_metrics
+from idp.ratelimit import rate_limits
 from idp.views import keyring
 
 
@@ -15,11 +16,13 @@ def init_app(app: Flask, settings: Settings) -> None:
 
     @bp.get("/healthz")
     def healthz() -> Response:
+        rate_limits().client("healthz")
         # Alive means the process answers; readiness says whether it can do its job.
         return jsonify(status="ok")
 
     @bp.get("/readyz")
     def readyz() -> Response:
+        rate_limits().client("readyz")
         ready, reason = keyring().readiness()
         response = jsonify(ready=ready, reason=reason)
         response.status_code = 200 if ready else 503
@@ -28,6 +31,7 @@ def init_app(app: Flask, settings: Settings) -> None:
 
     @bp.get("/metrics")
     def metrics() -> Response:
+        rate_limits().client("metrics")
         ring = keyring()
         status = ring.describe()
         published = [k for k in status if k["state"] != "gone"]

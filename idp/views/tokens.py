@@ -13,11 +13,12 @@ import logging
 import time
 from urllib.parse import parse_qsl
 
-from flask import Blueprint, Flask, Response, g, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, request
 
 from idp.config import Settings
 from idp.errors import Forbidden, IdpError, InvalidAudience, InvalidRequest, InvalidToken
 from idp.observability import audience_label, audit, metrics
+from idp.ratelimit import rate_limits
 from idp.tokens import request_tokens
 from idp.tokens.claims import id_token_claims, validate_audiences
 from idp.tokens.context import MAX_TTL, parse_context
@@ -42,12 +43,19 @@ def _require_ci_server(settings: Settings) -> None:
             "the request-token API is closed on this issuer: set IDP_CI_SECRET to the CI "
             "server's bearer secret to open it"
         )
-    presented = _bearer("the CI server's secret (IDP_CI_SECRET)").encode()
+    try:
+        presented = _bearer("the CI server's secret (IDP_CI_SECRET)").encode()
+    except InvalidToken:
+        rate_limits().ci_server(None)
+        raise
     # Compare against every configured secret, in constant time, without stopping early.
-    matched = False
+    matched: str | None = None
     for secret in settings.ci_secrets:
-        matched |= hmac.compare_digest(presented, secret.encode())
-    if not matched:
+        if hmac.compare_digest(presented, secret.encode()):
+            matched = secret
+    # Counted either way: a wrong secret spends its address's budget, not a fresh one.
+    rate_limits().ci_server(matched)
+    if matched is None:
         raise InvalidToken("the CI server secret is wrong: use a value listed in IDP_CI_SECRET")
 
 
@@ -58,13 +66,15 @@ def _no_store(response: Response) -> Response:
 
 
 def _open_request_token(settings: Settings) -> RequestToken:
-    # The rate limiter may have verified it already, to key the step's budget by it.
-    opened: RequestToken | None = g.pop("idp_request_token", None)
-    if opened is None:
+    try:
         token = _bearer("the step's request token")
         now = int(time.time())
         opened = request_tokens.verify(token, keyring().request_key, settings.issuer, now)
-    if store().is_build_closed(opened.context.build_id):
+    except InvalidToken:
+        rate_limits().refused_step()  # a forged token spends its address's budget
+        raise
+    # The step's budget and the closed-build check: one Redis round trip.
+    if rate_limits().step_and_closed(opened.jti, opened.context.build_id, store()):
         raise InvalidToken(
             f"build {opened.context.build_id} is closed: request tokens of a finished build "
             "stop working; run the step in a new build"
@@ -197,10 +207,8 @@ def _open(settings: Settings) -> Response:
 
 def init_app(app: Flask, settings: Settings) -> None:
     bp = Blueprint("tokens", __name__, url_prefix=settings.issuer_path or None)
-    limits = app.extensions["idp.ratelimits"]
 
     @bp.post("/request-tokens")
-    @limits.ci
     def open_request_token() -> Response:
         try:
             response = _open(settings)
@@ -211,7 +219,6 @@ def init_app(app: Flask, settings: Settings) -> None:
         return response
 
     @bp.delete("/builds/<build_id>")
-    @limits.ci
     def close_build(build_id: str) -> Response:
         _require_ci_server(settings)
         # isdigit() alone would take "²" or Arabic-Indic digits.
@@ -222,7 +229,6 @@ def init_app(app: Flask, settings: Settings) -> None:
         return _no_store(jsonify(build_id=build_id, closed=True))
 
     @bp.get("/id-token")
-    @limits.step
     def github_exchange() -> Response:
         return _no_store(jsonify(value=_exchange(settings)))
 
@@ -231,7 +237,6 @@ def init_app(app: Flask, settings: Settings) -> None:
     vela = Blueprint("vela", __name__)
 
     @vela.get("/api/v1/repos/<org>/<repo>/builds/<build_number>/id_token")
-    @limits.step
     def vela_exchange(org: str, repo: str, build_number: str) -> Response:
         return _no_store(jsonify(token=_exchange(settings)))
 

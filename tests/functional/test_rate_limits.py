@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
 
+import jwt
 import pytest
 import requests
 
@@ -129,6 +130,38 @@ def test_counters_in_redis_name_no_secret_and_no_token(
     assert counters, keys
     assert all(key.startswith("idp:limits") for key in counters)
     assert not any(CI_SECRET in key or token in key or token.split(".")[2] in key for key in keys)
+
+
+def test_the_library_reads_back_what_the_pipelined_count_wrote(
+    pair: list[IssuerProcess], redis_server: RedisServer
+) -> None:
+    # The exchange queues `limits`' own script on the store's pipeline; `limits`, reading the
+    # same keys its own way, must see every hit (this breaks if the library changes its keys).
+    from limits import parse
+    from limits.storage import RedisStorage
+    from limits.strategies import SlidingWindowCounterRateLimiter
+
+    from idp.ratelimit import KEY_PREFIX
+
+    one, _ = pair
+    token = open_token(one, 751).json()["token"]
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    for _ in range(3):
+        assert exchange(one, token).status_code == 200
+    library = SlidingWindowCounterRateLimiter(RedisStorage(redis_server.url, key_prefix=KEY_PREFIX))
+    stats = library.get_window_stats(parse("4/minute"), "step", jti)
+    assert stats.remaining == 1
+
+
+def test_a_redis_that_lost_the_counting_script_still_counts(
+    pair: list[IssuerProcess], redis_server: RedisServer
+) -> None:
+    # A restarted Redis has no scripts: the exchange loads it again, counts, and answers.
+    one, _ = pair
+    token = open_token(one, 761).json()["token"]
+    client = redis_server.client()
+    client.script_flush()
+    assert [exchange(one, token).status_code for _ in range(5)] == [200] * 4 + [429]
 
 
 def test_x_forwarded_for_is_ignored_unless_a_proxy_is_trusted(redis_url: str) -> None:
