@@ -31,8 +31,8 @@ test: $(STAMP) system-deps ## run the whole test suite (unit and functional)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff (lint and format check) and mypy
-	$(BIN)/ruff check idp tests
-	$(BIN)/ruff format --check idp tests
+	$(BIN)/ruff check idp tests bench
+	$(BIN)/ruff format --check idp tests bench
 	$(BIN)/mypy
 
 chart: $(STAMP) ## render the helm chart with Helm's engine, lint it and validate it against Kubernetes schemas
@@ -46,8 +46,8 @@ bench: $(STAMP) system-deps ## benchmark minting, JWKS and discovery against the
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 format: $(STAMP) ## reformat the code with ruff
-	$(BIN)/ruff format idp tests
-	$(BIN)/ruff check --fix idp tests
+	$(BIN)/ruff format idp tests bench
+	$(BIN)/ruff check --fix idp tests bench
 
 clean: ## remove the virtual environment and caches (keeps keys/)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
