@@ -1,12 +1,20 @@
 """Headers every response carries, whatever answered it (a view, an error, the rate limiter).
 
 The issuer serves JSON to machines, never a page: nothing it returns should be rendered, framed,
-sniffed into another type, or cached unless the view says so (discovery and JWKS do).
+sniffed into another type, or cached unless the view says so (discovery, JWKS and the OpenAPI
+document do).
+
+They are added at the WSGI edge, to the header list the response is about to send, instead of
+through Flask's `Headers`: werkzeug validates every header it is given, and seven of them per
+request cost more than the JWKS view itself (bench/README.md).
 """
 
 from __future__ import annotations
 
-from flask import Flask, Response
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flask import Flask
 
 from idp.config import Settings
 
@@ -21,6 +29,24 @@ SECURITY_HEADERS = {
 # Two years, as browsers' preload lists ask; only meaningful (and only sent) over https.
 HSTS = "max-age=63072000; includeSubDomains"
 
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class SecureHeaders:
+    """WSGI middleware: adds each header the response does not set itself."""
+
+    def __init__(self, app: WSGIApp, headers: dict[str, str]) -> None:
+        self.app = app
+        self.headers = [(name.lower(), name, value) for name, value in headers.items()]
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            present = {name.lower() for name, _ in headers}
+            headers.extend((name, value) for key, name, value in self.headers if key not in present)
+            return start_response(status, headers, exc_info)
+
+        return self.app(environ, start)
+
 
 def init_app(app: Flask, settings: Settings) -> None:
     headers = dict(SECURITY_HEADERS)
@@ -29,14 +55,4 @@ def init_app(app: Flask, settings: Settings) -> None:
     # Views that may be cached say so (discovery, JWKS, the OpenAPI document); anything else,
     # tokens and errors above all, must not be kept by any cache.
     headers["Cache-Control"] = "no-store"
-    wanted = [(name.lower(), name, value) for name, value in headers.items()]
-
-    @app.after_request
-    def secure(response: Response) -> Response:
-        # One pass over what the view set (werkzeug's setdefault rescans the list per call,
-        # which on JWKS cost more than the view itself).
-        present = {name.lower() for name in response.headers.keys()}  # noqa: SIM118
-        for key, name, value in wanted:
-            if key not in present:
-                response.headers.add(name, value)
-        return response
+    app.wsgi_app = SecureHeaders(app.wsgi_app, headers)  # type: ignore[method-assign]
