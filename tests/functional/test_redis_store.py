@@ -6,16 +6,20 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import jwt
 import pytest
 import redis as redis_lib
+import requests
 
 from idp.app import create_app
 from idp.config import load_settings
 from idp.errors import ConfigError, KeyDecryptionError
 from idp.keys.keyring import KeyRing
 from idp.store import create_store
-from tests.support import ROOT, RedisServer
+from tests.support import CI_SECRET, ROOT, IssuerProcess, RedisServer, wait_for
+from tests.unit.test_claims import CONTEXT
 
 KEK = "correct-horse-battery-staple-0123456789"
 OTHER_KEK = "a-completely-different-secret-9876543210"
@@ -101,3 +105,43 @@ def test_the_app_serves_from_redis(redis_url: str, make_settings) -> None:  # ty
     client = create_app(settings, start_refresh=False).test_client()
     assert client.get("/_services/token/.well-known/jwks").status_code == 200
     assert client.get("/_services/token/readyz").get_json()["ready"] is True
+
+
+def test_idp_serve_started_before_redis_waits_for_it(tmp_path: Path) -> None:
+    """Redis not up yet (a pod starting before its Redis): the issuer is alive but not ready,
+    answers 503 instead of signing with keys nobody published, and serves as soon as Redis
+    comes up, without a restart."""
+    (tmp_path / "late-redis").mkdir()
+    redis = RedisServer(tmp_path / "late-redis")
+    env = {
+        "IDP_REDIS_URL": redis.url,
+        "IDP_KEY_ENCRYPTION_KEY": "late-redis-key-encryption-key-0123456789",
+        "IDP_REFRESH_INTERVAL": "0.5",
+    }
+    proc = IssuerProcess(env)
+    proc.start(wait=False)
+    try:
+        wait_for(lambda: requests.get(f"{proc.issuer}/healthz", timeout=2).ok, what="liveness")
+        ready = requests.get(f"{proc.issuer}/readyz", timeout=5)
+        assert ready.status_code == 503 and ready.json()["ready"] is False
+        jwks = requests.get(f"{proc.issuer}/.well-known/jwks", timeout=5)
+        assert jwks.status_code == 503
+        assert set(jwks.json()) == {"error", "error_description"}
+        redis.start()
+        wait_for(lambda: requests.get(f"{proc.issuer}/readyz", timeout=5).ok, what="readiness")
+        keys = requests.get(f"{proc.issuer}/.well-known/jwks", timeout=5).json()["keys"]
+        opened = requests.post(
+            f"{proc.issuer}/request-tokens",
+            json=CONTEXT,
+            headers={"Authorization": f"Bearer {CI_SECRET}"},
+            timeout=5,
+        )
+        token = requests.get(
+            f"{proc.issuer}/id-token?audience=sts.amazonaws.com",
+            headers={"Authorization": f"Bearer {opened.json()['token']}"},
+            timeout=5,
+        ).json()["value"]
+        assert jwt.get_unverified_header(token)["kid"] in {k["kid"] for k in keys}
+    finally:
+        proc.stop()
+        redis.stop()
