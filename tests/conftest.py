@@ -1,4 +1,5 @@
-"""Fixtures shared by every test: settings, the app in-process, a private Redis, a live issuer."""
+"""Fixtures shared by every test: settings, the app in-process, a private Redis, a live issuer,
+one moto server for AWS."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from flask.testing import FlaskClient
 
 from idp.app import create_app
 from idp.config import Settings, load_settings
-from tests.support import CI_SECRET, IssuerProcess, RedisServer
+from tests.support import CI_SECRET, IssuerProcess, RedisServer, free_port
 
 
 @pytest.fixture
@@ -72,6 +73,50 @@ def module_redis_url(redis_server: RedisServer) -> str:
     client.flushall()
     client.close()
     return redis_server.url
+
+
+# --- AWS: one moto server for every suite that talks to AWS ----------------------------------
+
+
+def _teach_moto_add_client_id() -> None:
+    """moto 5.2 lacks AddClientIDToOpenIDConnectProvider, which AWS has (and documents as
+    idempotent); add it to the fake so `idp aws register` can be tested against a server.
+    Skipped as soon as moto ships its own."""
+    from moto.core.responses import EmptyResult
+    from moto.iam.models import IAMBackend
+    from moto.iam.responses import IamResponse
+
+    if hasattr(IamResponse, "add_client_id_to_open_id_connect_provider"):
+        return
+
+    def backend_add(self: IAMBackend, arn: str, client_id: str) -> None:
+        provider = self.get_open_id_connect_provider(arn)
+        if client_id not in provider.client_id_list:
+            provider.client_id_list.append(client_id)
+
+    def response_add(self: IamResponse) -> EmptyResult:
+        self.backend.add_client_id_to_open_id_connect_provider(  # type: ignore[attr-defined]
+            self._get_param("OpenIDConnectProviderArn"), self._get_param("ClientID")
+        )
+        return EmptyResult()
+
+    IAMBackend.add_client_id_to_open_id_connect_provider = backend_add  # type: ignore[attr-defined]
+    IamResponse.add_client_id_to_open_id_connect_provider = response_add  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """A moto server on a free loopback port for the whole session; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    _teach_moto_add_client_id()
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
 
 
 @pytest.fixture

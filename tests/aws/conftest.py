@@ -1,8 +1,6 @@
-"""Fixtures for the AWS commands: a real moto server process-thread, and a clean environment.
-
-`moto_server` is session-scoped and yields the endpoint URL, so any suite that talks to AWS
-(the runner's `idp aws credentials` too) shares one server; `aws_env` points boto3 at it with
-fake credentials for one test and empties the fake account afterwards.
+"""Fixtures for the AWS commands: boto3 pointed at the session's moto server
+(`moto_server`, tests/conftest.py) with fake credentials for one test, the fake account emptied
+afterwards, and a clean environment.
 """
 
 from __future__ import annotations
@@ -13,50 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import free_port
-
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy")
-
-
-def _teach_moto_add_client_id() -> None:
-    """moto 5.2 lacks AddClientIDToOpenIDConnectProvider, which AWS has (and documents as
-    idempotent); add it to the fake so `idp aws register` can be tested against a server.
-    Skipped as soon as moto ships its own."""
-    from moto.core.responses import EmptyResult
-    from moto.iam.models import IAMBackend
-    from moto.iam.responses import IamResponse
-
-    if hasattr(IamResponse, "add_client_id_to_open_id_connect_provider"):
-        return
-
-    def backend_add(self: IAMBackend, arn: str, client_id: str) -> None:
-        provider = self.get_open_id_connect_provider(arn)
-        if client_id not in provider.client_id_list:
-            provider.client_id_list.append(client_id)
-
-    def response_add(self: IamResponse) -> EmptyResult:
-        self.backend.add_client_id_to_open_id_connect_provider(  # type: ignore[attr-defined]
-            self._get_param("OpenIDConnectProviderArn"), self._get_param("ClientID")
-        )
-        return EmptyResult()
-
-    IAMBackend.add_client_id_to_open_id_connect_provider = backend_add  # type: ignore[attr-defined]
-    IamResponse.add_client_id_to_open_id_connect_provider = response_add  # type: ignore[attr-defined]
-
-
-@pytest.fixture(scope="session")
-def moto_server() -> Iterator[str]:
-    """A moto server on a free loopback port for the whole session; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    _teach_moto_add_client_id()
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
-"""Real parts for the runner's commands: an issuer process, a moto STS server, a step's env.
+"""Real parts for the runner's commands: an issuer process, moto for STS, a step's env.
 
 The step environment comes from the issuer's own `POST /request-tokens` answer, exactly what a
-CI server injects; STS is a moto server thread on a free port, reached over HTTP by boto3.
+CI server injects; STS is the session's moto server (tests/conftest.py), reached over HTTP by boto3.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from idp.runner import client, credentials
-from tests.support import CI_SECRET, IssuerProcess, free_port
+from tests.support import CI_SECRET, IssuerProcess
 from tests.unit.test_claims import CONTEXT
 
 REQUEST_VARIABLES = (
@@ -70,29 +70,16 @@ def step_env(issuer: IssuerProcess, monkeypatch: pytest.MonkeyPatch) -> dict[str
     return env
 
 
-@pytest.fixture(scope="session")
-def sts_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def aws(sts_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+def aws(moto_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
     """boto3 pointed at moto; the step itself holds no AWS credentials (the call is unsigned)."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", sts_endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    return sts_endpoint
+    return moto_server
 
 
 @pytest.fixture
