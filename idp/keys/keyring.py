@@ -29,12 +29,14 @@ from idp.keys.ring import (
     KeyRecord,
     Policy,
     RingDoc,
+    SecretRecord,
     current_key,
     maintain,
     needs_maintenance,
     next_event,
     published_keys,
     rotate,
+    signing_secret,
 )
 from idp.observability import metrics
 from idp.store.base import Store, StoreUnavailable
@@ -69,7 +71,7 @@ class KeyRing:
         self._lock = threading.Lock()
         self._doc: RingDoc | None = None
         self._keys: dict[str, material.SigningKey] = {}
-        self._request_key: OctKey | None = None
+        self._request_keys: dict[str, OctKey] = {}
         self._view: _View | None = None
         self._last_ok: float | None = None
         self._last_error: str | None = None
@@ -129,7 +131,7 @@ class KeyRing:
 
     @staticmethod
     def _sealed_values(doc: RingDoc) -> list[dict[str, Any]]:
-        return [doc.request_secret, *(k.private for k in doc.keys)]
+        return [*(s.sealed for s in doc.secrets), *(k.private for k in doc.keys)]
 
     def _new_key(self, alg: str) -> tuple[str, dict[str, Any]]:
         key = material.generate_signing_key(alg)
@@ -153,9 +155,7 @@ class KeyRing:
                 doc if any(self.sealer.needs_reseal(s) for s in self._sealed_values(doc)) else None
             )
             if new is not None:
-                new = RingDoc(
-                    version=doc.version + 1, keys=doc.keys, request_secret=doc.request_secret
-                )
+                new = RingDoc(version=doc.version + 1, keys=doc.keys, secrets=doc.secrets)
         if new is None:
             return None
         return self._reseal(new).to_json()
@@ -173,7 +173,11 @@ class KeyRing:
             KeyRecord(**{**k.to_json(), "private": again(k.private, f"private key {k.kid}")})
             for k in doc.keys
         )
-        return RingDoc(doc.version, keys, again(doc.request_secret, "request-token secret"))
+        secrets = tuple(
+            SecretRecord(s.id, s.created_at, again(s.sealed, f"request-token secret {s.id}"))
+            for s in doc.secrets
+        )
+        return RingDoc(doc.version, keys, secrets)
 
     def _install(self, doc: RingDoc) -> None:
         if self._doc is not None and self._doc.version == doc.version:
@@ -190,11 +194,14 @@ class KeyRing:
                         "store was altered; remove it to start a new ring"
                     )
             keys[record.kid] = known
-        secret = self.sealer.open(doc.request_secret, "request-token secret")
+        request_keys = {
+            s.id: OctKey.import_key(self.sealer.open(s.sealed, f"request-token secret {s.id}"))
+            for s in doc.secrets
+        }
         with self._lock:
             self._doc = doc
             self._keys = keys
-            self._request_key = OctKey.import_key(secret)
+            self._request_keys = request_keys
             self._view = None
         for callback in self.on_change:
             callback()
@@ -283,14 +290,24 @@ class KeyRing:
         header = {"alg": signing.alg, "kid": signing.kid, "typ": "JWT"}
         return jwt.encode(header, claims, self._keys[signing.kid]), signing.kid
 
-    @property
-    def request_key(self) -> OctKey:
-        key = self._request_key
-        if key is None:
+    def request_signing_key(self) -> tuple[str, OctKey]:
+        """(id, key) of the secret new request tokens are signed with."""
+        doc = self._doc
+        if doc is None:
             raise Unavailable(
                 "the key ring is not loaded yet; check that the key store is reachable"
             )
-        return key
+        record = signing_secret(doc.secrets, int(self.clock()), self.policy)
+        return record.id, self._request_keys[record.id]
+
+    @property
+    def request_keys(self) -> dict[str, OctKey]:
+        """Every secret a live request token may be signed with, by id."""
+        if self._doc is None:
+            raise Unavailable(
+                "the key ring is not loaded yet; check that the key store is reachable"
+            )
+        return self._request_keys
 
     def readiness(self) -> tuple[bool, str]:
         now = self.clock()

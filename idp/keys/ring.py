@@ -22,11 +22,13 @@ and deletes keys that signed live tokens, which is what these rules rule out.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from idp.config import Settings
+from idp.tokens.context import MAX_TTL
 
 State = Literal["next", "current", "retired", "gone"]
 
@@ -67,27 +69,57 @@ class KeyRecord:
 
 
 @dataclass(frozen=True)
+class SecretRecord:
+    """An HMAC secret for request tokens; request tokens name it in their `kid`."""
+
+    id: str
+    created_at: int
+    sealed: dict[str, Any]  # sealed oct JWK (see material.Sealer)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SecretRecord:
+        return cls(str(data["id"]), int(data["created_at"]), dict(data["sealed"]))
+
+
+# The id of the one secret rings written before secrets rotated had (tokens without a `kid`).
+LEGACY_SECRET_ID = "legacy"  # noqa: S105 - an id, not a secret
+
+
+@dataclass(frozen=True)
 class RingDoc:
     """The one shared state document; `version` grows by one with every write."""
 
     version: int
     keys: tuple[KeyRecord, ...]
-    request_secret: dict[str, Any]  # sealed HMAC key for request tokens
+    secrets: tuple[SecretRecord, ...]  # request-token secrets, oldest first
 
     def to_json(self) -> dict[str, Any]:
         return {
             "version": self.version,
             "keys": [k.to_json() for k in self.keys],
-            "request_secret": self.request_secret,
+            "request_secrets": [s.to_json() for s in self.secrets],
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RingDoc:
+        if "request_secrets" in data:
+            secrets = tuple(SecretRecord.from_json(s) for s in data["request_secrets"])
+        else:
+            # A ring from before secrets rotated: its one secret, due for rotation at once.
+            secrets = (SecretRecord(LEGACY_SECRET_ID, 0, dict(data["request_secret"])),)
         return cls(
             version=int(data["version"]),
             keys=tuple(KeyRecord.from_json(k) for k in data["keys"]),
-            request_secret=dict(data["request_secret"]),
+            secrets=secrets,
         )
+
+
+# Request-token secrets rotate at most this often: each stays until the longest-lived request
+# token it signed (a day) has expired, so a faster rotation would only pile them up.
+MIN_SECRET_PERIOD = 6 * 3600
 
 
 @dataclass(frozen=True)
@@ -96,6 +128,11 @@ class Policy:
     rotation_period: int
     publish_lead: int
     retire_keep: int
+    # Request-token secrets: a new one every `secret_period`; it signs only once every replica
+    # has read it (`secret_lead`), and the one before stays for `secret_keep` after that.
+    secret_period: int = MIN_SECRET_PERIOD
+    secret_lead: int = 3
+    secret_keep: int = MAX_TTL + 60
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -104,6 +141,9 @@ class Policy:
             rotation_period=settings.rotation_period,
             publish_lead=settings.publish_lead,
             retire_keep=settings.retire_keep,
+            secret_period=max(settings.rotation_period, MIN_SECRET_PERIOD),
+            secret_lead=math.ceil(settings.refresh_interval) + settings.clock_skew + 1,
+            secret_keep=MAX_TTL + settings.clock_skew,
         )
 
 
@@ -165,9 +205,53 @@ def prepare_at(current: KeyRecord, policy: Policy) -> int:
     return max(current.sign_from, min(lead_point, half_life))
 
 
+# --- request-token secrets ----------------------------------------------------------------
+
+
+def signing_secret(secrets: Sequence[SecretRecord], now: int, policy: Policy) -> SecretRecord:
+    """The secret new request tokens are signed with: the newest every replica has had time to
+    read (a replica that has not would refuse the token), or the first of a new ring."""
+    ready = [s for s in secrets if s.created_at + policy.secret_lead <= now]
+    return ready[-1] if ready else secrets[0]
+
+
+def _secrets_due(secrets: Sequence[SecretRecord], now: int, policy: Policy) -> bool:
+    if not secrets or secrets[-1].created_at + policy.secret_period <= now:
+        return True
+    return len(_live_secrets(secrets, now, policy)) != len(secrets)
+
+
+def _live_secrets(secrets: Sequence[SecretRecord], now: int, policy: Policy) -> list[SecretRecord]:
+    # A secret stops signing when its successor starts; it is kept until the last request
+    # token it can have signed has expired.
+    live = []
+    for index, record in enumerate(secrets):
+        successor = secrets[index + 1] if index + 1 < len(secrets) else None
+        if (
+            successor is None
+            or successor.created_at + policy.secret_lead + policy.secret_keep > now
+        ):
+            live.append(record)
+    return live
+
+
+def maintain_secrets(
+    secrets: Sequence[SecretRecord],
+    now: int,
+    policy: Policy,
+    new_secret: Callable[[], dict[str, Any]],
+) -> tuple[SecretRecord, ...]:
+    live = _live_secrets(secrets, now, policy)
+    if not live or live[-1].created_at + policy.secret_period <= now:
+        live.append(SecretRecord(f"r{now}", now, new_secret()))
+    return tuple(live)
+
+
 def needs_maintenance(doc: RingDoc | None, now: int, policy: Policy) -> bool:
     """Whether `maintain` would change the ring; cheap, so every replica can ask it often."""
     if doc is None:
+        return True
+    if _secrets_due(doc.secrets, now, policy):
         return True
     if any(k.state(now) == "gone" for k in doc.keys):
         return True
@@ -193,7 +277,7 @@ def maintain(
     if not needs_maintenance(doc, now, policy):
         return None
     keys = published_keys(doc.keys, now) if doc else []
-    secret = doc.request_secret if doc else new_secret()
+    secrets = maintain_secrets(doc.secrets if doc else (), now, policy, new_secret)
 
     current = current_key(keys, now)
     if current is None:
@@ -210,7 +294,7 @@ def maintain(
 
     version = doc.version + 1 if doc else 1
     keys.sort(key=lambda k: k.sign_from)
-    return RingDoc(version=version, keys=tuple(keys), request_secret=secret)
+    return RingDoc(version=version, keys=tuple(keys), secrets=secrets)
 
 
 def _restore_current(
@@ -257,7 +341,7 @@ def rotate(doc: RingDoc, now: int, policy: Policy, new_key: NewKey) -> tuple[Rin
             keys = [moved if k.kid == current.kid else k for k in keys]
         keys.append(fresh)
         keys.sort(key=lambda k: k.sign_from)
-        return RingDoc(doc.version + 1, tuple(keys), doc.request_secret), (
+        return RingDoc(doc.version + 1, tuple(keys), doc.secrets), (
             f"published new key {fresh.kid}; to keep every verifier's cached JWKS valid it "
             f"starts signing at {start} (in {policy.publish_lead}s); run rotate again then "
             "or let the schedule take over"
@@ -292,11 +376,17 @@ def rotate(doc: RingDoc, now: int, policy: Policy, new_key: NewKey) -> tuple[Rin
         )
         keys = [moved if k.kid == other.kid else k for k in keys]
         start = moved.sign_until
-    interim = RingDoc(version=doc.version, keys=tuple(keys), request_secret=doc.request_secret)
-    after = maintain(interim, now, policy, new_key, lambda: doc.request_secret) or interim
-    final = RingDoc(version=doc.version + 1, keys=after.keys, request_secret=doc.request_secret)
+    interim = RingDoc(version=doc.version, keys=tuple(keys), secrets=doc.secrets)
+    # Keys only: secrets keep their own schedule, applied by the next maintenance.
+    keys_only = dataclasses.replace(policy, secret_period=2**62, secret_keep=2**62)
+    after = maintain(interim, now, keys_only, new_key, _never) or interim
+    final = RingDoc(version=doc.version + 1, keys=after.keys, secrets=doc.secrets)
     return (
         final,
         f"key {promoted.kid} signs from now; the previous key stays published until its "
         "tokens expire",
     )
+
+
+def _never() -> dict[str, Any]:
+    raise AssertionError("a rotation of keys never creates a request-token secret")

@@ -8,7 +8,10 @@ so the exchange needs no lookup but one: whether its build was closed.
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from joserfc import jwt
@@ -17,6 +20,7 @@ from joserfc.jwk import OctKey
 from joserfc.jwt import JWTClaimsRegistry
 
 from idp.errors import InvalidRequest, InvalidToken
+from idp.keys.ring import LEGACY_SECRET_ID
 from idp.tokens.context import BuildContext, parse_context
 
 TYP = "idp-request+jwt"
@@ -39,7 +43,11 @@ def audience_of(issuer: str) -> str:
     return f"{issuer}/id-token"
 
 
-def issue(ctx: BuildContext, key: OctKey, issuer: str, now: int, default_ttl: int) -> RequestToken:
+def issue(
+    ctx: BuildContext, key: tuple[str, OctKey], issuer: str, now: int, default_ttl: int
+) -> RequestToken:
+    """Sign a request token with `key` = (secret id, secret); the id goes into `kid`."""
+    key_id, secret = key
     ttl = ctx.ttl or default_ttl
     jti = str(uuid.uuid4())
     claims = {
@@ -51,7 +59,7 @@ def issue(ctx: BuildContext, key: OctKey, issuer: str, now: int, default_ttl: in
         "jti": jti,
         "ctx": ctx.to_json(),
     }
-    token = jwt.encode({"alg": ALG, "typ": TYP}, claims, key, algorithms=[ALG])
+    token = jwt.encode({"alg": ALG, "typ": TYP, "kid": key_id}, claims, secret, algorithms=[ALG])
     if len(token) > MAX_TOKEN_LENGTH:
         raise InvalidRequest(
             f"the build context makes a request token of {len(token)} characters, over the "
@@ -61,12 +69,18 @@ def issue(ctx: BuildContext, key: OctKey, issuer: str, now: int, default_ttl: in
     return RequestToken(token=token, jti=jti, expires_at=now + ttl, context=ctx)
 
 
-def verify(token: str, key: OctKey, issuer: str, now: int) -> RequestToken:
+def verify(token: str, keys: Mapping[str, OctKey], issuer: str, now: int) -> RequestToken:
     """Check signature, type, issuer, audience and time; raise InvalidToken saying which failed."""
     if len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
         raise InvalidToken(
             "the request token is malformed: pass the value of "
             "ACTIONS_ID_TOKEN_REQUEST_TOKEN or VELA_ID_TOKEN_REQUEST_TOKEN as is"
+        )
+    key = keys.get(_secret_id(token))
+    if key is None:
+        raise InvalidToken(
+            "the request token was signed with a secret this issuer no longer holds (it "
+            "outlived its build's longest ttl) or never held; ask the CI server for a new one"
         )
     try:
         # Only HS256 under our secret: `alg: none`, an RS256 ID token and an HS256 token
@@ -106,3 +120,14 @@ def verify(token: str, key: OctKey, issuer: str, now: int) -> RequestToken:
         expires_at=int(decoded.claims["exp"]),
         context=ctx,
     )
+
+
+def _secret_id(token: str) -> str:
+    """The `kid` of the token's header (unverified: it only picks the secret to verify with);
+    tokens from before secrets rotated have none and were signed with the legacy secret."""
+    try:
+        header = json.loads(base64.urlsafe_b64decode(token.split(".", 1)[0] + "=="))
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    kid = header.get("kid", LEGACY_SECRET_ID) if isinstance(header, dict) else ""
+    return kid if isinstance(kid, str) else ""

@@ -69,7 +69,7 @@ def _open_request_token(settings: Settings) -> RequestToken:
     try:
         token = _bearer("the step's request token")
         now = int(time.time())
-        opened = request_tokens.verify(token, keyring().request_key, settings.issuer, now)
+        opened = request_tokens.verify(token, keyring().request_keys, settings.issuer, now)
     except InvalidToken:
         rate_limits().refused_step()  # a forged token spends its address's budget
         raise
@@ -183,7 +183,7 @@ def _open(settings: Settings) -> Response:
         raise InvalidRequest(f"build {ctx.build_id} is already closed: it cannot get new steps")
     issued = request_tokens.issue(
         ctx,
-        keyring().request_key,
+        keyring().request_signing_key(),
         settings.issuer,
         int(time.time()),
         settings.request_token_ttl,

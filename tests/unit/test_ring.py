@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 from idp.keys.ring import (
+    LEGACY_SECRET_ID,
     Policy,
     RingDoc,
     current_key,
@@ -14,6 +15,7 @@ from idp.keys.ring import (
     needs_maintenance,
     published_keys,
     rotate,
+    signing_secret,
 )
 
 POLICY = Policy(alg="RS256", rotation_period=1000, publish_lead=100, retire_keep=400)
@@ -147,3 +149,61 @@ def test_states_follow_the_recorded_times(now: int) -> None:
         doc = run(doc, t)
     doc = run(doc, now)
     assert list(states(doc, now).values()).count("current") == 1
+
+
+# --- request-token secrets ------------------------------------------------------------------
+
+SECRETS = Policy(
+    alg="RS256",
+    rotation_period=1000,
+    publish_lead=100,
+    retire_keep=400,
+    secret_period=5000,
+    secret_lead=10,
+    secret_keep=2000,
+)
+
+
+def secret_ids(doc: RingDoc) -> list[str]:
+    return [s.id for s in doc.secrets]
+
+
+def test_a_new_ring_signs_request_tokens_with_its_first_secret_at_once() -> None:
+    doc = run(None, 0, SECRETS)
+    assert secret_ids(doc) == ["r0"]
+    assert signing_secret(doc.secrets, 0, SECRETS).id == "r0"
+
+
+def test_secrets_rotate_publish_first_and_stay_while_their_tokens_live() -> None:
+    doc = run(None, 0, SECRETS)
+    doc = run(doc, 4999, SECRETS)
+    assert secret_ids(doc) == ["r0"]
+    doc = run(doc, 5000, SECRETS)
+    assert secret_ids(doc) == ["r0", "r5000"]
+    # Every replica reads the new secret before any token is signed with it.
+    assert signing_secret(doc.secrets, 5009, SECRETS).id == "r0"
+    assert signing_secret(doc.secrets, 5010, SECRETS).id == "r5000"
+    # r0 signed until 5010; its tokens live up to secret_keep after that.
+    doc = run(doc, 7009, SECRETS)
+    assert secret_ids(doc) == ["r0", "r5000"]
+    doc = run(doc, 7010, SECRETS)
+    assert secret_ids(doc) == ["r5000"]
+
+
+def test_a_ring_from_before_secrets_rotated_keeps_its_secret_for_its_tokens() -> None:
+    old = run(None, 0)
+    legacy = old.to_json()
+    legacy["request_secret"] = legacy.pop("request_secrets")[0]["sealed"]
+    doc = RingDoc.from_json(legacy)
+    assert secret_ids(doc) == [LEGACY_SECRET_ID]
+    # Its age is unknown (created_at 0): on any real clock it is due at once.
+    assert needs_maintenance(doc, 10_000, SECRETS)
+    doc = run(doc, 10_000, SECRETS)
+    assert secret_ids(doc) == [LEGACY_SECRET_ID, "r10000"]
+    assert RingDoc.from_json(doc.to_json()) == doc
+
+
+def test_a_forced_key_rotation_leaves_the_secrets_alone() -> None:
+    doc = run(None, 0, SECRETS)
+    rotated, _ = rotate(doc, 6000, SECRETS, new_key)
+    assert rotated is not None and rotated.secrets == doc.secrets
