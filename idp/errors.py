@@ -54,3 +54,14 @@ class Unavailable(IdpError):
 
 class KeyDecryptionError(ConfigError):
     """The configured key-encryption key does not open the stored private keys."""
+
+
+class RingRefused(Unavailable):
+    """The stored key ring cannot be used: unreadable, of the wrong shape, or not authentic.
+
+    A replica that has a good ring keeps serving it (and says so in its log and metrics); a
+    process that has none stops with this message. Never answered by writing a new ring over
+    it: that would drop the keys of live tokens (README "Key ring repair").
+    """
+
+    code = "key_ring_refused"

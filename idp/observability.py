@@ -63,6 +63,15 @@ class Metrics:
         self.store_errors = Counter(
             "idp_store_errors_total", "Failed reads or writes of the key store"
         )
+        self.ring_refused = Counter(
+            "idp_ring_refused_total",
+            "Stored key rings refused (damaged, malformed or failing their MAC); the replica "
+            "kept serving its last good ring",
+        )
+        self.ring_conflicts = Counter(
+            "idp_ring_conflicts_total",
+            "Stored rings that lacked keys or secrets this replica still needed, merged back",
+        )
 
 
 _metrics: Metrics | None = None

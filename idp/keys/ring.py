@@ -22,6 +22,8 @@ and deletes keys that signed live tokens, which is what these rules rule out.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +33,30 @@ from idp.config import Settings
 from idp.tokens.context import MAX_TTL
 
 State = Literal["next", "current", "retired", "gone"]
+
+
+class Malformed(ValueError):
+    """The ring document is not of the shape below; the message names the part."""
+
+
+def _int(data: dict[str, Any], name: str, where: str) -> int:
+    value = data.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise Malformed(f"{where} has no whole-number {name!r}")
+    return value
+
+
+def _str(data: dict[str, Any], name: str, where: str, limit: int = 256) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not 0 < len(value) <= limit:
+        raise Malformed(f"{where} has no {name!r} string")
+    return value
+
+
+def _obj(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise Malformed(f"{where} is not a JSON object")
+    return value
 
 
 @dataclass(frozen=True)
@@ -56,16 +82,20 @@ class KeyRecord:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> KeyRecord:
-        return cls(
-            kid=str(data["kid"]),
-            alg=str(data["alg"]),
-            created_at=int(data["created_at"]),
-            sign_from=int(data["sign_from"]),
-            sign_until=int(data["sign_until"]),
-            remove_at=int(data["remove_at"]),
-            private=dict(data["private"]),
+    def from_json(cls, data: object, where: str = "a key") -> KeyRecord:
+        data = _obj(data, where)
+        record = cls(
+            kid=_str(data, "kid", where),
+            alg=_str(data, "alg", where),
+            created_at=_int(data, "created_at", where),
+            sign_from=_int(data, "sign_from", where),
+            sign_until=_int(data, "sign_until", where),
+            remove_at=_int(data, "remove_at", where),
+            private=_obj(data.get("private"), f"{where}'s private key"),
         )
+        if not record.sign_from <= record.sign_until <= record.remove_at:
+            raise Malformed(f"{where} has times out of order (sign_from, sign_until, remove_at)")
+        return record
 
 
 @dataclass(frozen=True)
@@ -80,41 +110,75 @@ class SecretRecord:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> SecretRecord:
-        return cls(str(data["id"]), int(data["created_at"]), dict(data["sealed"]))
+    def from_json(cls, data: object, where: str = "a request-token secret") -> SecretRecord:
+        data = _obj(data, where)
+        return cls(
+            _str(data, "id", where, 64),
+            _int(data, "created_at", where),
+            _obj(data.get("sealed"), f"{where}'s value"),
+        )
 
 
 # The id of the one secret rings written before secrets rotated had (tokens without a `kid`).
 LEGACY_SECRET_ID = "legacy"  # noqa: S105 - an id, not a secret
+# The lineage of rings written before rings carried one.
+LEGACY_RING_ID = "legacy"
 
 
 @dataclass(frozen=True)
 class RingDoc:
-    """The one shared state document; `version` grows by one with every write."""
+    """The one shared state document; `version` grows by one with every write.
+
+    `ring_id` names the lineage: it is drawn when a ring is created and kept by every later
+    version, so a replica can tell a newer version of its ring from a different ring (one
+    created while the store had lost the first) and merge instead of switching (`merge`).
+    """
 
     version: int
     keys: tuple[KeyRecord, ...]
     secrets: tuple[SecretRecord, ...]  # request-token secrets, oldest first
+    ring_id: str = LEGACY_RING_ID
 
     def to_json(self) -> dict[str, Any]:
         return {
             "version": self.version,
+            "ring_id": self.ring_id,
             "keys": [k.to_json() for k in self.keys],
             "request_secrets": [s.to_json() for s in self.secrets],
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RingDoc:
+    def from_json(cls, data: object) -> RingDoc:
+        """Parse a stored ring, or raise Malformed naming what is wrong: every field is
+        checked, so a damaged document is refused here and never half-used."""
+        data = _obj(data, "the ring document")
+        keys = data.get("keys")
+        if not isinstance(keys, list) or not keys:
+            raise Malformed("the ring document has no keys")
+        records = tuple(KeyRecord.from_json(k, f"key #{i + 1}") for i, k in enumerate(keys))
+        if len({k.kid for k in records}) != len(records):
+            raise Malformed("the ring document lists a key twice")
         if "request_secrets" in data:
-            secrets = tuple(SecretRecord.from_json(s) for s in data["request_secrets"])
+            raw = data["request_secrets"]
+            if not isinstance(raw, list) or not raw:
+                raise Malformed("the ring document has no request-token secrets")
+            secrets = tuple(
+                SecretRecord.from_json(s, f"request-token secret #{i + 1}")
+                for i, s in enumerate(raw)
+            )
         else:
             # A ring from before secrets rotated: its one secret, due for rotation at once.
-            secrets = (SecretRecord(LEGACY_SECRET_ID, 0, dict(data["request_secret"])),)
-        return cls(
-            version=int(data["version"]),
-            keys=tuple(KeyRecord.from_json(k) for k in data["keys"]),
-            secrets=secrets,
-        )
+            secret = _obj(data.get("request_secret"), "the ring's request-token secret")
+            secrets = (SecretRecord(LEGACY_SECRET_ID, 0, secret),)
+        if len({s.id for s in secrets}) != len(secrets):
+            raise Malformed("the ring document lists a request-token secret twice")
+        ring_id = data.get("ring_id", LEGACY_RING_ID)
+        if not isinstance(ring_id, str) or not 0 < len(ring_id) <= 64:
+            raise Malformed("the ring document's ring_id is not a short string")
+        version = _int(data, "version", "the ring document")
+        if version < 1:
+            raise Malformed("the ring document's version is not a positive number")
+        return cls(version=version, keys=records, secrets=secrets, ring_id=ring_id)
 
 
 # Request-token secrets rotate at most this often: each stays until the longest-lived request
@@ -133,6 +197,8 @@ class Policy:
     secret_period: int = MIN_SECRET_PERIOD
     secret_lead: int = 3
     secret_keep: int = MAX_TTL + 60
+    # How far replicas' clocks may differ (IDP_CLOCK_SKEW).
+    skew: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -144,6 +210,7 @@ class Policy:
             secret_period=max(settings.rotation_period, MIN_SECRET_PERIOD),
             secret_lead=math.ceil(settings.refresh_interval) + settings.clock_skew + 1,
             secret_keep=MAX_TTL + settings.clock_skew,
+            skew=settings.clock_skew,
         )
 
 
@@ -243,7 +310,10 @@ def maintain_secrets(
 ) -> tuple[SecretRecord, ...]:
     live = _live_secrets(secrets, now, policy)
     if not live or live[-1].created_at + policy.secret_period <= now:
-        live.append(SecretRecord(f"r{now}", now, new_secret()))
+        sealed = new_secret()
+        # Unique across rings too (two rings created in one second must not share an id).
+        tag = hashlib.sha256(json.dumps(sealed, sort_keys=True).encode()).hexdigest()[:8]
+        live.append(SecretRecord(f"r{now}-{tag}", now, sealed))
     return tuple(live)
 
 
@@ -294,7 +364,9 @@ def maintain(
 
     version = doc.version + 1 if doc else 1
     keys.sort(key=lambda k: k.sign_from)
-    return RingDoc(version=version, keys=tuple(keys), secrets=secrets)
+    # A new ring's lineage is named after its first key: unique, and no other input needed.
+    ring_id = doc.ring_id if doc else f"{now}-{keys[0].kid[:16]}"
+    return RingDoc(version=version, keys=tuple(keys), secrets=secrets, ring_id=ring_id)
 
 
 def _restore_current(
@@ -341,7 +413,7 @@ def rotate(doc: RingDoc, now: int, policy: Policy, new_key: NewKey) -> tuple[Rin
             keys = [moved if k.kid == current.kid else k for k in keys]
         keys.append(fresh)
         keys.sort(key=lambda k: k.sign_from)
-        return RingDoc(doc.version + 1, tuple(keys), doc.secrets), (
+        return dataclasses.replace(doc, version=doc.version + 1, keys=tuple(keys)), (
             f"published new key {fresh.kid}; to keep every verifier's cached JWKS valid it "
             f"starts signing at {start} (in {policy.publish_lead}s); run rotate again then "
             "or let the schedule take over"
@@ -376,11 +448,11 @@ def rotate(doc: RingDoc, now: int, policy: Policy, new_key: NewKey) -> tuple[Rin
         )
         keys = [moved if k.kid == other.kid else k for k in keys]
         start = moved.sign_until
-    interim = RingDoc(version=doc.version, keys=tuple(keys), secrets=doc.secrets)
+    interim = dataclasses.replace(doc, keys=tuple(keys))
     # Keys only: secrets keep their own schedule, applied by the next maintenance.
     keys_only = dataclasses.replace(policy, secret_period=2**62, secret_keep=2**62)
     after = maintain(interim, now, keys_only, new_key, _never) or interim
-    final = RingDoc(version=doc.version + 1, keys=after.keys, secrets=doc.secrets)
+    final = dataclasses.replace(doc, version=doc.version + 1, keys=after.keys)
     return (
         final,
         f"key {promoted.kid} signs from now; the previous key stays published until its "
@@ -390,3 +462,39 @@ def rotate(doc: RingDoc, now: int, policy: Policy, new_key: NewKey) -> tuple[Rin
 
 def _never() -> dict[str, Any]:
     raise AssertionError("a rotation of keys never creates a request-token secret")
+
+
+# --- two rings where there should be one ----------------------------------------------------
+
+
+def merge(stored: RingDoc, ours: RingDoc, now: int, policy: Policy) -> RingDoc | None:
+    """`stored` plus whatever of `ours` a live token may still need, or None if it has all.
+
+    Two replicas can hold different rings: the store lost its ring and a process that had
+    none created another before a replica restored the first, or a replica restored an older
+    version than another had. Switching to the stored ring would drop keys that signed live
+    tokens (and secrets of live request tokens); keeping ours would split the replicas' JWKS.
+    So the stored ring wins, and every key of ours that may have signed a token still alive
+    is added to it as retired (it signs no more, and stays published until its tokens are
+    over), as is every request-token secret of ours that may have signed a live request token.
+    Keys ours only had as `next` never signed and are left out. `skew` keeps a key that
+    another replica's clock already counts as gone from being added back and removed in turn.
+    """
+    have = {k.kid for k in stored.keys}
+    missing = [
+        # remove_at stays: it is already past the original sign_until + retire_keep.
+        dataclasses.replace(k, sign_until=min(k.sign_until, now))
+        for k in ours.keys
+        if k.kid not in have and k.sign_from <= now and k.remove_at > now + policy.skew
+    ]
+    known = {s.id for s in stored.secrets}
+    live = {s.id for s in _live_secrets(ours.secrets, now, policy)}
+    secrets = [s for s in ours.secrets if s.id not in known and s.id in live]
+    if not missing and not secrets:
+        return None
+    return RingDoc(
+        version=max(stored.version, ours.version) + 1,
+        keys=tuple(sorted((*stored.keys, *missing), key=lambda k: k.sign_from)),
+        secrets=tuple(sorted((*stored.secrets, *secrets), key=lambda s: s.created_at)),
+        ring_id=stored.ring_id,
+    )

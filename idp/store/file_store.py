@@ -18,14 +18,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from idp.config import Settings
-from idp.errors import ConfigError
-from idp.store.base import RingJson
+from idp.errors import ConfigError, InvalidToken, RingRefused
+from idp.store.base import LEGACY_EPOCH, RingJson
 
 RING_FILE = "ring.json"
+# Files do not forget: the folder has one life, for as long as it exists.
+EPOCH = "file"
 
 
 class FileStore:
     name = "file"
+    volatile = False
+    epoch = EPOCH
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -51,6 +55,9 @@ class FileStore:
     def describe(self) -> str:
         return f"files in {self.root}"
 
+    def describe_ring(self) -> str:
+        return str(self.root / RING_FILE)
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -65,8 +72,14 @@ class FileStore:
             text = (self.root / RING_FILE).read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
-        doc = json.loads(text)
-        assert isinstance(doc, dict)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RingRefused(f"the file cannot be read ({exc})") from None
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            raise RingRefused("the file is not a JSON object (damaged or truncated)")
         return doc
 
     def update_ring(self, change: Callable[[RingJson | None], RingJson | None]) -> bool:
@@ -74,6 +87,11 @@ class FileStore:
             new = change(self.read_ring())
             if new is not None:
                 self._write_atomic(self.root / RING_FILE, json.dumps(new, indent=1).encode())
+        return True
+
+    def replace_ring(self, new: RingJson) -> bool:
+        with self._locked():
+            self._write_atomic(self.root / RING_FILE, json.dumps(new, indent=1).encode())
         return True
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
@@ -102,6 +120,13 @@ class FileStore:
 
     def is_build_closed(self, build_id: str) -> bool:
         return self._build_path(build_id).exists()
+
+    def check_build_state(self, epoch: str) -> None:
+        if epoch not in (EPOCH, LEGACY_EPOCH):
+            raise InvalidToken(
+                "this request token was issued by an issuer with another key store: ask the "
+                "CI server for a new one"
+            )
 
     def sync(self) -> None:
         """Nothing to mirror: every check reads the folder, which is always current."""

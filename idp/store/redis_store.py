@@ -4,13 +4,27 @@ Layout (all keys under `idp:`):
 - `idp:ring`               the ring document (JSON; private keys sealed with the KEK)
 - `idp:ring:lock`          the write lock (SET NX PX): one replica changes the ring at a time
 - `idp:build:closed:<id>`  a closed build, expiring when its last request token would have
-- `idp:builds:closed`      the same closures in a sorted set by closing time, which every
+- `idp:builds:closed`      the same closures in a sorted set by expiry time, which every
                            replica mirrors in memory so that revocation holds while Redis is
                            briefly unreachable
+- `idp:epoch`              this Redis's life: an id drawn by the first replica that finds none
+- `idp:epochs:restored`    the earlier epochs whose closures a replica has written back
 
 Changes to the ring are one WATCH/MULTI transaction under the lock, so even a lock that
 expired mid-write cannot interleave two writers. Every Redis failure becomes StoreUnavailable;
 the callers keep serving what they cached.
+
+Closed builds are durable state, kept as carefully as the ring. A Redis without persistence
+that restarts comes back empty; its new epoch tells every replica so at its next sync, and each
+writes back every closure it mirrors (as it writes back the ring). Request tokens carry the
+epoch they were issued in, and a token of an earlier epoch is accepted only once that epoch's
+closures were written back by a replica that lived through it; until then, for as long as
+replicas need to notice the reset and write back (`settle`), the build state is unknown, and
+unknown is answered 503 (retry), never "not closed"; new request tokens wait the same way. If
+Redis and every replica lose their memory together, no one can say which builds were closed:
+the older request tokens are refused for good (README "Redis persistence"). A closure made in
+the last refresh interval before a reset reaches the other replicas when the replica that
+made it writes back, within one more refresh interval.
 """
 
 from __future__ import annotations
@@ -24,11 +38,14 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, WatchError
+from redis.retry import Retry
 
 from idp.config import Settings
-from idp.errors import ConfigError
-from idp.store.base import RingJson, StoreUnavailable
+from idp.errors import ConfigError, InvalidToken, RingRefused, Unavailable
+from idp.store.base import LEGACY_EPOCH, RingJson, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +53,8 @@ RING = "idp:ring"
 LOCK = "idp:ring:lock"
 CLOSED = "idp:build:closed:"
 CLOSED_SET = "idp:builds:closed"
+EPOCH = "idp:epoch"
+RESTORED = "idp:epochs:restored"
 # Only spares the others duplicate key generation: the WATCH transaction keeps writes
 # atomic even if the lock expires, so it can be short.
 LOCK_MS = 5_000
@@ -51,18 +70,27 @@ return 0
 
 class RedisStore:
     name = "redis"
+    # A Redis without persistence that restarts has forgotten everything.
+    volatile = True
 
-    def __init__(self, client: redis.Redis, hot: redis.Redis, url: str) -> None:
+    def __init__(
+        self, client: redis.Redis, hot: redis.Redis, url: str, settle: float = 5.0
+    ) -> None:
         # Two clients: the background refresher may wait a few seconds on a slow Redis;
         # the request path (is this build closed?) gives up fast and uses the mirror.
         self.client = client
         self.hot = hot
         self.url = url
+        # How long after a new epoch appears every live replica has written back its state.
+        self.settle = settle
         self._release = client.register_script(_RELEASE)
-        self._closed: dict[str, float] = {}  # build id -> closing time, mirrored
+        self._closed: dict[str, float] = {}  # build id -> expiry time, mirrored
         self._closed_seen = 0.0
         self._mirror_lock = threading.Lock()
         self._down_until = 0.0
+        self._epoch: tuple[str, float] | None = None  # (id, created_at) as last synced
+        self._restored: frozenset[str] = frozenset()
+        self._pending: dict[str, float] = {}  # closures made while Redis failed
 
     @classmethod
     def create(cls, settings: Settings) -> RedisStore:
@@ -84,6 +112,10 @@ class RedisStore:
                 socket_timeout=5.0,
                 socket_connect_timeout=2.0,
                 health_check_interval=10,
+                # A Redis that restarted leaves pooled connections dead: retry once on a new
+                # one, so the first refresh after it is back already restores the state.
+                retry=Retry(NoBackoff(), 1),
+                retry_on_error=[RedisConnectionError],
             )
             hot = redis.Redis.from_url(
                 settings.redis_url,
@@ -93,7 +125,8 @@ class RedisStore:
             )
         except ValueError as exc:
             raise ConfigError(f"IDP_REDIS_URL is not a usable Redis URL ({exc})") from None
-        return cls(client, hot, settings.redis_url)
+        # A replica syncs every refresh interval; one more for its write-back to land.
+        return cls(client, hot, settings.redis_url, settle=2 * settings.refresh_interval + 1)
 
     def describe(self) -> str:
         # Never echo a password that may be in the URL.
@@ -102,9 +135,16 @@ class RedisStore:
         parts = urlsplit(self.url)
         return f"redis {parts.hostname or parts.path}:{parts.port or 6379}"
 
+    def describe_ring(self) -> str:
+        # No address: this reaches readiness reasons, which are public.
+        return f"Redis key {RING}"
+
     def _unavailable(self, exc: Exception) -> StoreUnavailable:
         self._down_until = time.monotonic() + BACKOFF
-        return StoreUnavailable(f"Redis at {self.describe()} is unreachable ({exc})")
+        # The address and redis-py's text go to the log only: error bodies and readiness
+        # reasons are public, and need not map the operator's network.
+        log.debug("Redis at %s: %s", self.describe(), exc)
+        return StoreUnavailable(f"the key store is unreachable ({type(exc).__name__})")
 
     # --- ring -----------------------------------------------------------------------------
 
@@ -114,10 +154,19 @@ class RedisStore:
             raw = cast(bytes | None, self.client.get(RING))
         except RedisError as exc:
             raise self._unavailable(exc) from None
+        return self._parse_ring(raw)
+
+    def _parse_ring(self, raw: bytes | None) -> RingJson | None:
+        # Absent is "no ring yet"; present but not a JSON object is a damaged ring, never
+        # "no ring" (which would have a new ring written over the keys of live tokens).
         if raw is None:
             return None
-        doc = json.loads(raw)
-        assert isinstance(doc, dict)
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            doc = None
+        if not isinstance(doc, dict):
+            raise RingRefused("the stored value is not a JSON object (damaged or truncated)")
         return doc
 
     def update_ring(self, change: Callable[[RingJson | None], RingJson | None]) -> bool:
@@ -131,7 +180,7 @@ class RedisStore:
                         try:
                             pipe.watch(RING)
                             raw = cast(bytes | None, pipe.get(RING))
-                            new = change(json.loads(raw) if raw else None)
+                            new = change(self._parse_ring(raw))
                             if new is None:
                                 pipe.unwatch()
                                 return True
@@ -146,20 +195,42 @@ class RedisStore:
         except RedisError as exc:
             raise self._unavailable(exc) from None
 
+    def replace_ring(self, new: RingJson) -> bool:
+        token = secrets.token_hex(16)
+        try:
+            if not self.client.set(LOCK, token, nx=True, px=LOCK_MS):
+                return False
+            try:
+                self.client.set(RING, json.dumps(new, separators=(",", ":")))
+            finally:
+                self._release(keys=[LOCK], args=[token])
+        except RedisError as exc:
+            raise self._unavailable(exc) from None
+        return True
+
     # --- build state ----------------------------------------------------------------------
 
     def close_build(self, build_id: str, expires_at: int) -> None:
-        now = time.time()
+        # Remembered here first: even if Redis fails now, this replica refuses the build and
+        # writes the closure to Redis at its next sync (the caller still hears 503: the
+        # other replicas do not know yet).
+        with self._mirror_lock:
+            self._closed[build_id] = expires_at
+            self._pending[build_id] = expires_at
         try:
             with self.client.pipeline(transaction=True) as pipe:
-                pipe.set(f"{CLOSED}{build_id}", "1", exat=expires_at)
-                pipe.zadd(CLOSED_SET, {build_id: now})
-                pipe.zremrangebyscore(CLOSED_SET, "-inf", now - (expires_at - now))
+                self._queue_closure(pipe, build_id, expires_at)
+                pipe.zremrangebyscore(CLOSED_SET, "-inf", time.time())
                 pipe.execute()
         except RedisError as exc:
             raise self._unavailable(exc) from None
         with self._mirror_lock:
-            self._closed[build_id] = now
+            self._pending.pop(build_id, None)
+
+    @staticmethod
+    def _queue_closure(pipe: Any, build_id: str, expires_at: float) -> None:
+        pipe.set(f"{CLOSED}{build_id}", "1", exat=int(expires_at))
+        pipe.zadd(CLOSED_SET, {build_id: expires_at})
 
     def is_build_closed(self, build_id: str) -> bool:
         # The mirror also covers closures a Redis restarted without persistence forgot.
@@ -197,20 +268,142 @@ class RedisStore:
             return mirrored, None
         return mirrored or bool(exists), replies
 
+    # --- epochs ---------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> str:
+        return self._epoch[0] if self._epoch else LEGACY_EPOCH
+
+    def check_build_state(self, epoch: str) -> None:
+        """Raise unless the closures of builds whose request tokens were issued in `epoch`
+        are known here (see the module's docstring). From memory: no round trip."""
+        current = self._epoch
+        if current is None:
+            raise Unavailable(
+                "the build state has not been read from the key store yet; retry in a moment"
+            )
+        current_id, created_at = current
+        restored = self._restored
+        if epoch in restored:
+            # A replica that lived through that epoch wrote back the closures it mirrored.
+            return
+        age = time.time() - created_at
+        settled = age >= self.settle
+        if epoch == current_id and (settled or restored):
+            # Issued in this epoch, which has either settled or been written back into.
+            return
+        if not settled:
+            # The store came back empty moments ago (or is brand new): replicas that remember
+            # which builds are closed write them back within a refresh interval. Unknown
+            # until then, so: retry.
+            retry = max(1, int(self.settle - age) + 1)
+            unknown = Unavailable(
+                "the key store was reset moments ago and replicas are restoring which builds "
+                f"are closed; retry in {retry} s"
+            )
+            unknown.retry_after = retry  # type: ignore[attr-defined]
+            raise unknown
+        raise InvalidToken(
+            "this request token was issued before the key store lost its build state (Redis "
+            "restarted without persistence and no replica remembered which builds were "
+            "closed), so whether its build is closed is unknown: ask the CI server for a new "
+            "request token"
+        )
+
     def sync(self) -> None:
-        """Mirror the closures made since the last sync (called by the background refresher)."""
+        """Mirror the closures made since the last sync, learn the epoch, and after a reset
+        write back what this replica remembers (called by the background refresher)."""
         try:
-            rows = self.client.zrangebyscore(CLOSED_SET, self._closed_seen, "+inf", withscores=True)
+            self._sync()
         except RedisError as exc:
             raise self._unavailable(exc) from None
-        if not rows:
-            return
-        # redis-py types the reply loosely; with withscores it is (bytes, float) pairs.
-        pairs: list[tuple[bytes, float]] = list(rows)  # type: ignore[arg-type]
-        closures = [(member.decode(), float(score)) for member, score in pairs]
+
+    def _read_state(self, since: float) -> tuple[Any, set[str], list[tuple[str, float]]]:
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.get(EPOCH)
+            pipe.smembers(RESTORED)
+            pipe.zrangebyscore(CLOSED_SET, since, "+inf", withscores=True)
+            raw, restored, rows = pipe.execute()
+        members = {m.decode() for m in restored}
+        return raw, members, [(member.decode(), float(score)) for member, score in rows]
+
+    def _sync(self) -> None:
+        now = time.time()
         with self._mirror_lock:
-            for build_id, closed_at in closures:
-                self._closed[build_id] = closed_at
-            self._closed_seen = max(closed_at for _, closed_at in closures)
-            horizon = time.time() - 86400 - 60
-            self._closed = {k: v for k, v in self._closed.items() if v >= horizon}
+            pending = list(self._pending.items())
+        if pending:
+            with self.client.pipeline(transaction=False) as pipe:
+                for build_id, expires_at in pending:
+                    self._queue_closure(pipe, build_id, expires_at)
+                pipe.execute()
+            with self._mirror_lock:
+                for build_id, _ in pending:
+                    self._pending.pop(build_id, None)
+        settling = self._epoch is None or now - self._epoch[1] < self.settle
+        # While an epoch settles, read every closure: others are writing back old ones.
+        raw, restored, rows = self._read_state(0 if settling else self._closed_seen)
+        current = self._parse_epoch(raw)
+        if current is None:
+            if raw is not None:  # damaged by hand: as good as lost
+                self.client.delete(EPOCH)
+            self._new_epoch(now)
+            raw, restored, rows = self._read_state(0)
+            current = self._parse_epoch(raw)
+            if current is None:
+                raise RedisError("the epoch just written cannot be read back")
+        previous = self._epoch
+        if previous is not None and previous[0] != current[0]:
+            self._write_back(previous[0], now)
+            raw, restored, rows = self._read_state(0)
+        with self._mirror_lock:
+            for build_id, expires_at in rows:
+                self._closed[build_id] = expires_at
+            if rows:
+                self._closed_seen = max(self._closed_seen, *(e for _, e in rows))
+            self._closed = {k: v for k, v in self._closed.items() if v >= now}
+            self._restored = frozenset(restored) | self._restored
+            self._epoch = current
+
+    def _new_epoch(self, now: float) -> None:
+        epoch = json.dumps({"id": secrets.token_hex(8), "created_at": now})
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.set(EPOCH, epoch, nx=True)
+            pipe.exists(RING)
+            created, ring_exists = pipe.execute()
+        if created and ring_exists:
+            # The ring outlived the missing epoch: an upgrade from a version without
+            # epochs, not a reset. Its closures are all here, so tokens of before stand.
+            self.client.sadd(RESTORED, LEGACY_EPOCH)
+        if created:
+            log.warning(
+                "the key store has a new epoch%s",
+                ""
+                if ring_exists
+                else " (it was empty: new, or a Redis restarted without "
+                "persistence); replicas write back what they remember",
+            )
+
+    @staticmethod
+    def _parse_epoch(raw: bytes | None) -> tuple[str, float] | None:
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+            return str(data["id"]), float(data["created_at"])
+        except (ValueError, TypeError, KeyError):
+            return None
+
+    def _write_back(self, previous: str, now: float) -> None:
+        with self._mirror_lock:
+            closures = [(k, v) for k, v in self._closed.items() if v > now]
+            epochs = {previous, *self._restored}
+        with self.client.pipeline(transaction=False) as pipe:
+            for build_id, expires_at in closures:
+                self._queue_closure(pipe, build_id, expires_at)
+            pipe.sadd(RESTORED, *epochs)
+            pipe.execute()
+        log.warning(
+            "the key store was reset (new epoch): wrote back %d closed builds this replica "
+            "remembered",
+            len(closures),
+        )

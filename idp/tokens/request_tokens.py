@@ -21,6 +21,7 @@ from joserfc.jwt import JWTClaimsRegistry
 
 from idp.errors import InvalidRequest, InvalidToken
 from idp.keys.ring import LEGACY_SECRET_ID
+from idp.store.base import LEGACY_EPOCH
 from idp.tokens.context import BuildContext, parse_context
 
 TYP = "idp-request+jwt"
@@ -36,6 +37,8 @@ class RequestToken:
     jti: str
     expires_at: int
     context: BuildContext
+    # The key store's epoch at issue (Store.epoch): closures are known per epoch.
+    epoch: str = LEGACY_EPOCH
 
 
 def audience_of(issuer: str) -> str:
@@ -44,7 +47,12 @@ def audience_of(issuer: str) -> str:
 
 
 def issue(
-    ctx: BuildContext, key: tuple[str, OctKey], issuer: str, now: int, default_ttl: int
+    ctx: BuildContext,
+    key: tuple[str, OctKey],
+    issuer: str,
+    now: int,
+    default_ttl: int,
+    epoch: str = LEGACY_EPOCH,
 ) -> RequestToken:
     """Sign a request token with `key` = (secret id, secret); the id goes into `kid`."""
     key_id, secret = key
@@ -58,6 +66,7 @@ def issue(
         "exp": now + ttl,
         "jti": jti,
         "ctx": ctx.to_json(),
+        "ep": epoch,
     }
     token = jwt.encode({"alg": ALG, "typ": TYP, "kid": key_id}, claims, secret, algorithms=[ALG])
     if len(token) > MAX_TOKEN_LENGTH:
@@ -66,7 +75,7 @@ def issue(
             f"{MAX_TOKEN_LENGTH} a step can send in a header: shorten ref, branch, step, image "
             "or the other text fields"
         )
-    return RequestToken(token=token, jti=jti, expires_at=now + ttl, context=ctx)
+    return RequestToken(token=token, jti=jti, expires_at=now + ttl, context=ctx, epoch=epoch)
 
 
 def verify(token: str, keys: Mapping[str, OctKey], issuer: str, now: int) -> RequestToken:
@@ -114,11 +123,13 @@ def verify(token: str, keys: Mapping[str, OctKey], issuer: str, now: int) -> Req
         ctx = parse_context(decoded.claims.get("ctx"))
     except InvalidRequest:
         raise InvalidToken("the request token carries no valid build context") from None
+    epoch = decoded.claims.get("ep", LEGACY_EPOCH)
     return RequestToken(
         token=token,
         jti=str(decoded.claims["jti"]),
         expires_at=int(decoded.claims["exp"]),
         context=ctx,
+        epoch=epoch if isinstance(epoch, str) else "",
     )
 
 

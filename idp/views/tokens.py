@@ -73,6 +73,9 @@ def _open_request_token(settings: Settings) -> RequestToken:
     except InvalidToken:
         rate_limits().refused_step()  # a forged token spends its address's budget
         raise
+    # Whether its build's state is known at all (the store may have been reset since the
+    # token was issued): from memory, no round trip.
+    store().check_build_state(opened.epoch)
     # The step's budget and the closed-build check: one Redis round trip.
     if rate_limits().step_and_closed(opened.jti, opened.context.build_id, store()):
         raise InvalidToken(
@@ -179,6 +182,8 @@ def _open(settings: Settings) -> Response:
     if body is None:
         raise InvalidRequest("the body is not valid JSON: send the build context as an object")
     ctx = parse_context(body)
+    epoch = store().epoch
+    store().check_build_state(epoch)  # 503 while a reset store is being restored
     if store().is_build_closed(ctx.build_id):
         raise InvalidRequest(f"build {ctx.build_id} is already closed: it cannot get new steps")
     issued = request_tokens.issue(
@@ -187,6 +192,7 @@ def _open(settings: Settings) -> Response:
         settings.issuer,
         int(time.time()),
         settings.request_token_ttl,
+        epoch,
     )
     vela_url = (
         f"{settings.origin}/api/v1/repos/{ctx.org}/{ctx.name}/builds/{ctx.build_number}/id_token"

@@ -83,7 +83,7 @@ def test_every_manifest_validates_against_the_kubernetes_schemas(
 
 VARIANTS = {
     "file-store-on-a-claim": {**SINGLE_FILE_STORE, "keysPersistence": {"enabled": True}},
-    "bundled-redis-persistent": {"redis": {"bundled": {"persistence": {"enabled": True}}}},
+    "bundled-redis-ephemeral": {"redis": {"bundled": {"persistence": {"enabled": False}}}},
     "redis-url-with-password": {"redis": {"url": "rediss://:pw@cache.internal:6380/0"}},
     "bare-origin-issuer-no-ingress-tls": {
         "issuer": "https://idp.example.com",
@@ -503,13 +503,22 @@ def test_default_is_two_replicas_with_the_bundled_redis(default_render: Rendered
     (container,) = redis["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "redis:7-alpine"
     args = container["args"]
-    assert args[args.index("--save") + 1] == ""
-    assert args[args.index("--appendonly") + 1] == "no"
+    # Durable by default: closed builds must survive a Redis restart.
+    assert args[args.index("--appendonly") + 1] == "yes"
     assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
-    assert "PersistentVolumeClaim" not in default_render.kinds()
+    assert default_render.one("PersistentVolumeClaim", "idp-redis")
     service = default_render.one("Service", "idp-redis")
     assert labels_match(service["spec"]["selector"], pod_labels(redis))
     assert not labels_match(service["spec"]["selector"], pod_labels(default_render.issuer))
+
+
+def test_bundled_redis_without_persistence_saves_nothing() -> None:
+    rendered = render({"redis": {"bundled": {"persistence": {"enabled": False}}}})
+    (container,) = rendered.one("Deployment", "idp-redis")["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[args.index("--save") + 1] == ""
+    assert args[args.index("--appendonly") + 1] == "no"
+    assert "PersistentVolumeClaim" not in rendered.kinds()
 
 
 def test_bundled_redis_persistence() -> None:

@@ -54,6 +54,8 @@ class Observations:
     snapshots: list[tuple[float, float, int, int, bytes]] = field(default_factory=list)
     discovery: list[int] = field(default_factory=list)
     ready: list[tuple[float, int]] = field(default_factory=list)
+    # Exchanges with the request token of a build closed before the load began.
+    closed: list[tuple[float, int]] = field(default_factory=list)
 
 
 @pytest.fixture
@@ -72,13 +74,40 @@ def run_load(
     obs: Observations,
     during: list[tuple[float, object]] | None = None,
 ) -> None:
-    token = requests.post(
-        f"{replicas[0].issuer}/request-tokens",
-        json=CONTEXT,
+    def open_token(build_id: str) -> str:
+        return str(
+            requests.post(
+                f"{replicas[0].issuer}/request-tokens",
+                json={**CONTEXT, "build_id": build_id},
+                headers={"Authorization": f"Bearer {CI_SECRET}"},
+                timeout=10,
+            ).json()["token"]
+        )
+
+    token = open_token(CONTEXT["build_id"])
+    closed = open_token("424242")
+    requests.delete(
+        f"{replicas[1].issuer}/builds/424242",
         headers={"Authorization": f"Bearer {CI_SECRET}"},
         timeout=10,
-    ).json()["token"]
+    ).raise_for_status()
+    time.sleep(3 * REFRESH)  # every replica mirrors the closure
     stop = threading.Event()
+
+    def try_closed() -> None:
+        session = requests.Session()
+        while not stop.is_set():
+            for proc in replicas:
+                url = f"{proc.issuer}/id-token?audience=sts.amazonaws.com"
+                try:
+                    response = session.get(
+                        url, headers={"Authorization": f"Bearer {closed}"}, timeout=30
+                    )
+                except requests.RequestException:
+                    obs.closed.append((time.time(), -1))
+                    continue
+                obs.closed.append((time.time(), response.status_code))
+            time.sleep(0.02)
 
     def mint(index: int) -> None:
         session = requests.Session()
@@ -114,6 +143,7 @@ def run_load(
 
     threads = [threading.Thread(target=mint, args=(i,)) for i in range(3)]
     threads.append(threading.Thread(target=watch))
+    threads.append(threading.Thread(target=try_closed))
     for thread in threads:
         thread.start()
     began = time.time()
@@ -172,6 +202,7 @@ def test_three_replicas_rotating_under_load(replicas: list[IssuerProcess]) -> No
     kids = {jwt.get_unverified_header(t)["kid"] for *_, t in obs.mints}
     assert len(kids) >= 4, f"only {len(kids)} keys signed in 20 s: rotation did not happen"
     assert check_every_token_verifies_throughout_its_life(obs) > 1000
+    assert obs.closed and {status for _, status in obs.closed} == {401}
 
     # The replicas agree: each JWKS body any replica served was served by the others within
     # the documented bound of its first appearance (bodies alive long enough to be seen).
@@ -202,9 +233,10 @@ def test_redis_killed_mid_load_and_restarted(
     def restart() -> None:
         last_window.append(time.time())
         redis_server.start()  # empty: no persistence
+        last_window.append(time.time())  # it answers PING: back
 
     run_load(replicas, 22, obs, during=[(3, kill), (13, restart)])
-    window_end, killed_at, restarted_at = last_window
+    window_end, killed_at, restarted_at, back_at = last_window
     assert restarted_at - killed_at > window_end - killed_at, "outage shorter than the window"
 
     assert 500 not in {s for _, _, _, s, _ in obs.snapshots} | set(obs.discovery)
@@ -218,6 +250,21 @@ def test_redis_killed_mid_load_and_restarted(
             assert end >= window_end, f"503 at {end:.2f} before window end {window_end}"
             assert start <= restarted_at + 3 * REFRESH + 1.0
     assert any(s == 503 for _, _, _, s, _ in obs.mints), "the outage never reached the window end"
+    counts = {
+        "mints": len(obs.mints),
+        "non-200/503 mint answers": sum(s not in (200, 503) for _, _, _, s, _ in obs.mints),
+        "JWKS/discovery 5xx": sum(s >= 500 for _, _, _, s, _ in obs.snapshots)
+        + sum(s >= 500 for s in obs.discovery),
+        "tokens for the closed build": sum(s == 200 for _, s in obs.closed),
+        "closed-build answers other than 401/503": sum(s not in (401, 503) for _, s in obs.closed),
+        "503s with Redis back for 2 refresh intervals": sum(
+            s == 503 for start, _, _, s, _ in obs.mints if start > back_at + 2 * REFRESH
+        ),
+    }
+    print(f"fault counts: {json.dumps(counts)}")
+    assert counts["tokens for the closed build"] == 0, counts
+    assert counts["closed-build answers other than 401/503"] == 0, counts
+    assert counts["503s with Redis back for 2 refresh intervals"] == 0, counts
     # Minting recovered without a restart.
     assert any(s == 200 and start > restarted_at + 1 for start, _, _, s, _ in obs.mints)
     check_every_token_verifies_throughout_its_life(obs)

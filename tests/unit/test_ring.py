@@ -7,11 +7,14 @@ import itertools
 import pytest
 
 from idp.keys.ring import (
+    LEGACY_RING_ID,
     LEGACY_SECRET_ID,
+    Malformed,
     Policy,
     RingDoc,
     current_key,
     maintain,
+    merge,
     needs_maintenance,
     published_keys,
     rotate,
@@ -165,13 +168,14 @@ SECRETS = Policy(
 
 
 def secret_ids(doc: RingDoc) -> list[str]:
-    return [s.id for s in doc.secrets]
+    # Ids are "r<created_at>-<tag of the value>": compare the times.
+    return [s.id.split("-")[0] for s in doc.secrets]
 
 
 def test_a_new_ring_signs_request_tokens_with_its_first_secret_at_once() -> None:
     doc = run(None, 0, SECRETS)
     assert secret_ids(doc) == ["r0"]
-    assert signing_secret(doc.secrets, 0, SECRETS).id == "r0"
+    assert signing_secret(doc.secrets, 0, SECRETS).id.startswith("r0-")
 
 
 def test_secrets_rotate_publish_first_and_stay_while_their_tokens_live() -> None:
@@ -181,8 +185,8 @@ def test_secrets_rotate_publish_first_and_stay_while_their_tokens_live() -> None
     doc = run(doc, 5000, SECRETS)
     assert secret_ids(doc) == ["r0", "r5000"]
     # Every replica reads the new secret before any token is signed with it.
-    assert signing_secret(doc.secrets, 5009, SECRETS).id == "r0"
-    assert signing_secret(doc.secrets, 5010, SECRETS).id == "r5000"
+    assert signing_secret(doc.secrets, 5009, SECRETS).id.startswith("r0-")
+    assert signing_secret(doc.secrets, 5010, SECRETS).id.startswith("r5000-")
     # r0 signed until 5010; its tokens live up to secret_keep after that.
     doc = run(doc, 7009, SECRETS)
     assert secret_ids(doc) == ["r0", "r5000"]
@@ -207,3 +211,99 @@ def test_a_forced_key_rotation_leaves_the_secrets_alone() -> None:
     doc = run(None, 0, SECRETS)
     rotated, _ = rotate(doc, 6000, SECRETS, new_key)
     assert rotated is not None and rotated.secrets == doc.secrets
+
+
+# --- a stored document is parsed strictly ---------------------------------------------------
+
+
+def good_json() -> dict:
+    return run(None, 0).to_json()
+
+
+def edit(change) -> dict:  # type: ignore[no-untyped-def]
+    data = good_json()
+    change(data)
+    return data
+
+
+MALFORMED = {
+    "not an object": [],
+    "null": None,
+    "empty object": {},
+    "no keys": edit(lambda d: d.update(keys=[])),
+    "keys not a list": edit(lambda d: d.update(keys={})),
+    "a key not an object": edit(lambda d: d.update(keys=["k"])),
+    "a key lacking sign_until": edit(lambda d: d["keys"][0].pop("sign_until")),
+    "a time as a string": edit(lambda d: d["keys"][0].update(sign_from="0")),
+    "a time as a bool": edit(lambda d: d["keys"][0].update(sign_from=True)),
+    "a negative time": edit(lambda d: d["keys"][0].update(created_at=-1)),
+    "times out of order": edit(lambda d: d["keys"][0].update(remove_at=0)),
+    "a key twice": edit(lambda d: d.update(keys=d["keys"] * 2)),
+    "private not an object": edit(lambda d: d["keys"][0].update(private="x")),
+    "no request secrets": edit(lambda d: d.update(request_secrets=[])),
+    "a secret twice": edit(lambda d: d.update(request_secrets=d["request_secrets"] * 2)),
+    "a secret lacking its value": edit(lambda d: d["request_secrets"][0].pop("sealed")),
+    "version zero": edit(lambda d: d.update(version=0)),
+    "version a string": edit(lambda d: d.update(version="1")),
+    "ring_id not a string": edit(lambda d: d.update(ring_id=7)),
+    "kid empty": edit(lambda d: d["keys"][0].update(kid="")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_a_malformed_document_is_refused_naming_the_part(name: str) -> None:
+    with pytest.raises(Malformed):
+        RingDoc.from_json(MALFORMED[name])
+
+
+def test_a_good_document_reads_back_to_itself() -> None:
+    doc = run(None, 0)
+    assert RingDoc.from_json(doc.to_json()) == doc
+    assert doc.ring_id != LEGACY_RING_ID
+
+
+# --- two rings where there should be one ----------------------------------------------------
+
+
+def test_a_second_ring_gets_every_key_that_may_have_signed_a_live_token() -> None:
+    ours = run(run(None, 0), 600)  # k current until 1000, a next key published
+    stored = run(None, 700)  # another ring, created while the store was empty
+    merged = merge(stored, ours, 700, POLICY)
+    assert merged is not None
+    assert merged.ring_id == stored.ring_id
+    assert merged.version > max(stored.version, ours.version)
+    ours_current, ours_next = ours.keys
+    kept = {k.kid: k for k in merged.keys}
+    # Our current key is kept, retired now, and published until its tokens expire.
+    assert kept[ours_current.kid].state(700) == "retired"
+    assert kept[ours_current.kid].remove_at == ours_current.remove_at
+    # Our next key never signed: left out. The stored ring's key still signs.
+    assert ours_next.kid not in kept
+    assert current_key(merged.keys, 700) == stored.keys[0]
+    # Our request-token secret is kept for our live request tokens.
+    assert {s.id for s in ours.secrets} <= {s.id for s in merged.secrets}
+    # And the merge is stable: nothing more to add.
+    assert merge(merged, ours, 701, POLICY) is None
+
+
+def test_a_successor_that_has_everything_is_taken_as_is() -> None:
+    ours = run(None, 0)
+    stored = run(ours, 600)
+    assert merge(stored, ours, 600, POLICY) is None
+
+
+def test_a_key_already_gone_is_not_added_back() -> None:
+    ours = run(None, 0)
+    gone_at = ours.keys[0].remove_at
+    stored = run(None, gone_at)
+    merged = merge(stored, ours, gone_at, POLICY)
+    assert merged is None or ours.keys[0].kid not in {k.kid for k in merged.keys}
+
+
+def test_a_key_another_clock_counts_as_gone_is_not_added_back_within_the_skew() -> None:
+    skewed = Policy(alg="RS256", rotation_period=1000, publish_lead=100, retire_keep=400, skew=5)
+    ours = run(None, 0, skewed)
+    almost = ours.keys[0].remove_at - 3
+    stored = run(None, almost, skewed)
+    merged = merge(stored, ours, almost, skewed)
+    assert merged is None or ours.keys[0].kid not in {k.kid for k in merged.keys}
