@@ -64,6 +64,7 @@ __all__ = [
     "explain",
     "federated_principals",
     "session_tags",
+    "unverified_claims",
 ]
 
 TOKEN_MIN, TOKEN_MAX = 4, 20000  # STS's WebIdentityToken length limits
@@ -138,6 +139,14 @@ def _decode(token: str) -> Token:
     if not isinstance(claims, dict):
         raise ValueError("its payload is not a JSON object")
     return Token(header=dict(header), claims=claims)
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    """The token's claims, NOT verified (empty when unreadable): to know where to look."""
+    try:
+        return _decode(token).claims
+    except ValueError:
+        return {}
 
 
 def _when(seconds: int) -> str:

@@ -281,16 +281,6 @@ def _condition(
     shown = json.dumps(wanted[0] if len(wanted) == 1 else wanted)
     if variables and has_variable(wanted):
         return Check(name, UNKNOWN, f"{shown} holds a policy variable, not judged here", ""), None
-    if not operator.evaluated:
-        return (
-            Check(
-                name,
-                UNKNOWN,
-                f"{operator.base} is not evaluated here ({key} {shown})",
-                "check this condition by hand",
-            ),
-            None,
-        )
     if kind == "unknown":
         return (
             Check(
@@ -298,6 +288,16 @@ def _condition(
                 UNKNOWN,
                 f"{key} cannot be judged offline: it depends on the call, not on the token",
                 "check it by hand, or drop it from the trust policy",
+            ),
+            None,
+        )
+    if not operator.evaluated:
+        return (
+            Check(
+                name,
+                UNKNOWN,
+                f"{operator.base} is not evaluated here ({key} {shown})",
+                "check this condition by hand",
             ),
             None,
         )
@@ -502,7 +502,7 @@ def policy_checks(
             False: "the trust policy refuses the token",
             None: "the verdict depends on a condition not judged here",
         }[result],
-        "" if result else "see the failing checks above",
+        "" if result else "see the checks marked FAIL or ?? above",
     )
     checks.append(summary)
     if deciding is None and result is not True:
