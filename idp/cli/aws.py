@@ -545,20 +545,6 @@ def explain_command(
     iss = claims.get("iss") if isinstance(claims.get("iss"), str) else None
     options = TlsOptions(cafile=cafile, insecure=insecure, timeout=timeout)
 
-    jwks: Any = None
-    jwks_error = None
-    if jwks_path is not None:
-        jwks = _read_json(jwks_path, "--jwks", 'give the issuer\'s JWKS, {"keys": [...]}')
-        if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
-            raise click.UsageError(f'--jwks {jwks_path!r} is not a JWKS: give {{"keys": [...]}}')
-    elif iss is None:
-        jwks_error = "the token has no iss"
-    else:
-        try:
-            jwks = fetch_jwks(iss, options)
-        except IdpError as exc:
-            jwks_error = exc.description
-
     session = SessionRequest(
         duration_seconds=duration_seconds,
         role_session_name=role_session_name,
@@ -599,6 +585,20 @@ def explain_command(
                 )
         provider = _offline_provider(policy, iss, provider_arn, account_id, client_ids, claims)
         role_arn = None
+
+    jwks: Any = None
+    jwks_error = None
+    if jwks_path is not None:
+        jwks = _read_json(jwks_path, "--jwks", 'give the issuer\'s JWKS, {"keys": [...]}')
+        if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+            raise click.UsageError(f'--jwks {jwks_path!r} is not a JWKS: give {{"keys": [...]}}')
+    elif iss is None:
+        jwks_error = "the token has no iss"
+    else:
+        try:
+            jwks = fetch_jwks(iss, options)
+        except IdpError as exc:
+            jwks_error = exc.description
 
     facts = Facts(
         token=token,
