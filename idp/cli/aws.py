@@ -1,4 +1,4 @@
-"""`idp thumbprint` and `idp aws register|trust-policy|create-role`: the issuer, into AWS.
+"""`idp thumbprint` and `idp aws register|trust-policy|create-role|explain`: the issuer, into AWS.
 
 Results go to stdout (a thumbprint, an ARN, a policy) so they can be captured; what was done
 and why goes to stderr.
@@ -6,12 +6,34 @@ and why goes to stderr.
 
 from __future__ import annotations
 
+import json
+import re
+import sys
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import click
 
 from idp.aws import DEFAULT_AUDIENCE
+from idp.aws.explain import (
+    Facts,
+    ProviderFacts,
+    SessionRequest,
+    explain,
+    federated_principals,
+    unverified_claims,
+)
+from idp.aws.explain_facts import (
+    chain_thumbprints,
+    fetch_jwks,
+    parse_role_arn,
+    provider_arn_for,
+    read_policy_document,
+    read_provider,
+    read_role,
+)
 from idp.aws.iam import iam_client
 from idp.aws.register import (
     ProviderRequest,
@@ -29,6 +51,7 @@ from idp.aws.trust_policy import (
     parse_claim_list,
 )
 from idp.config import load_settings
+from idp.errors import IdpError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -376,3 +399,245 @@ def create_role_command(
     for line in change.summary():
         _note(line)
     click.echo(change.arn)
+
+
+# --- idp aws explain -------------------------------------------------------------------
+
+
+def _read_input(path: str, what: str) -> str:
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise click.UsageError(f"{what} {path!r} does not exist: give the file's path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.UsageError(f"{what} {path!r} cannot be read ({exc})") from None
+
+
+def _read_json(path: str, what: str, fix: str) -> Any:
+    text = _read_input(path, what)
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise click.UsageError(f"{what} {path!r} is not JSON ({exc}): {fix}") from None
+
+
+def _read_token(path: str) -> str:
+    token = _read_input(path, "--token").strip()
+    fix = (
+        "pass the ID token itself, e.g. from `idp token --audience sts.amazonaws.com "
+        "--output token.jwt`"
+    )
+    if not token:
+        raise click.UsageError(f"--token {path!r} is empty: {fix}")
+    if token.count(".") != 2 or any(ch.isspace() for ch in token):
+        raise click.UsageError(f"--token {path!r} does not hold a JWT: {fix}")
+    return token
+
+
+@aws.command("explain")
+@click.option(
+    "--token",
+    "token_path",
+    required=True,
+    metavar="FILE|-",
+    help="The ID token to judge (a file, or - for stdin).",
+)
+@click.option(
+    "--role-arn",
+    metavar="ARN",
+    envvar="IDP_AWS_ROLE_ARN",
+    show_envvar=True,
+    help="Read the role's trust policy and the provider from IAM (iam:GetRole, "
+    "iam:GetOpenIDConnectProvider).",
+)
+@click.option(
+    "--trust-policy",
+    "policy_path",
+    metavar="FILE",
+    help="Offline: judge this trust policy document (or `aws iam get-role` output).",
+)
+@click.option(
+    "--provider-arn",
+    metavar="ARN",
+    help="Offline: the provider STS would use. Default: the ARN `idp aws register` creates for "
+    "the token's iss in --account-id, else the policy's own Federated principal.",
+)
+@click.option("--account-id", metavar="ID", help="Offline: the role's 12-digit account.")
+@click.option(
+    "--client-id",
+    "client_ids",
+    multiple=True,
+    metavar="A",
+    help="Offline: a client ID (audience) the provider lists; repeatable. Default: the "
+    "token's aud.",
+)
+@click.option(
+    "--jwks",
+    "jwks_path",
+    metavar="FILE",
+    help="Verify the signature with these keys instead of fetching the issuer's jwks_uri.",
+)
+@click.option(
+    "--duration-seconds",
+    type=click.IntRange(min=0),
+    help="The DurationSeconds the caller will ask for (STS's default: 3600).",
+)
+@click.option("--role-session-name", metavar="NAME", help="The RoleSessionName the caller sends.")
+@click.option(
+    "--max-session-duration",
+    type=click.IntRange(3600, 43200),
+    help="Offline: the role's MaxSessionDuration (read from IAM with --role-arn).",
+)
+@click.option(
+    "--thumbprint/--no-thumbprint",
+    "check_thumbprint",
+    default=True,
+    help="With --role-arn: compare today's TLS chain with the provider's thumbprints.",
+)
+@_tls_options
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    envvar="IDP_EXPLAIN_FORMAT",
+    show_envvar=True,
+    help="text for people; json: {allowed, verdict, deciding, checks: [...]}.",
+)
+def explain_command(
+    token_path: str,
+    role_arn: str | None,
+    policy_path: str | None,
+    provider_arn: str | None,
+    account_id: str | None,
+    client_ids: tuple[str, ...],
+    jwks_path: str | None,
+    duration_seconds: int | None,
+    role_session_name: str | None,
+    max_session_duration: int | None,
+    check_thumbprint: bool,
+    cafile: str | None,
+    insecure: bool,
+    timeout: float,
+    output_format: str,
+) -> None:
+    """Say whether AWS STS would let the token assume the role, and exactly why not.
+
+    Walks every check STS makes, in its order: the token, the provider, each statement and
+    condition of the trust policy, the session. Exit 0: AWS would allow; 1: it would refuse;
+    2: usage error; 3: the verdict depends on a key that cannot be judged here (e.g.
+    aws:SourceIp).
+    """
+    if (role_arn is None) == (policy_path is None):
+        raise click.UsageError("give exactly one of --role-arn ARN or --trust-policy FILE")
+    if role_arn is not None and (provider_arn or account_id or client_ids or max_session_duration):
+        raise click.UsageError(
+            "--provider-arn, --account-id, --client-id and --max-session-duration are for "
+            "--trust-policy: with --role-arn they are read from IAM"
+        )
+    if account_id is not None and not re.fullmatch(r"\d{12}", account_id):
+        raise click.UsageError(f"--account-id {account_id!r} is not a 12-digit AWS account ID")
+    token = _read_token(token_path)
+    claims = unverified_claims(token)
+    iss = claims.get("iss") if isinstance(claims.get("iss"), str) else None
+    options = TlsOptions(cafile=cafile, insecure=insecure, timeout=timeout)
+
+    session = SessionRequest(
+        duration_seconds=duration_seconds,
+        role_session_name=role_session_name,
+        max_session_duration=max_session_duration,
+    )
+    chain: tuple[str, ...] | None = None
+    chain_error = None
+    if role_arn is not None:
+        try:
+            match = parse_role_arn(role_arn)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        iam = iam_client()
+        role = read_role(iam, role_arn)
+        policy = role.policy
+        session = replace(session, max_session_duration=role.max_session_duration)
+        provider = None
+        if iss is not None:
+            arn = provider_arn_for(iss, match.group("account"), match.group("partition"))
+            provider = read_provider(iam, arn)
+        if check_thumbprint and iss is not None and provider is not None and provider.registered:
+            try:
+                chain = chain_thumbprints(iss, options)
+            except IdpError as exc:
+                chain_error = exc.description
+    else:
+        assert policy_path is not None
+        policy = read_policy_document(
+            _read_json(policy_path, "--trust-policy", "give the role's trust policy document")
+        )
+        if isinstance(policy, dict) and isinstance(policy.get("Role"), dict):
+            # `aws iam get-role` output: take its policy and its session limit.
+            role_document = policy["Role"]
+            policy = read_policy_document(role_document.get("AssumeRolePolicyDocument"))
+            if session.max_session_duration is None and role_document.get("MaxSessionDuration"):
+                session = replace(
+                    session, max_session_duration=int(role_document["MaxSessionDuration"])
+                )
+        provider = _offline_provider(policy, iss, provider_arn, account_id, client_ids, claims)
+        role_arn = None
+
+    jwks: Any = None
+    jwks_error = None
+    if jwks_path is not None:
+        jwks = _read_json(jwks_path, "--jwks", 'give the issuer\'s JWKS, {"keys": [...]}')
+        if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+            raise click.UsageError(f'--jwks {jwks_path!r} is not a JWKS: give {{"keys": [...]}}')
+    elif iss is None:
+        jwks_error = "the token has no iss"
+    else:
+        try:
+            jwks = fetch_jwks(iss, options)
+        except IdpError as exc:
+            jwks_error = exc.description
+
+    facts = Facts(
+        token=token,
+        policy=policy,
+        provider=provider,
+        now=int(time.time()),
+        jwks=jwks,
+        jwks_error=jwks_error,
+        session=session,
+        role_arn=role_arn,
+        chain_thumbprints=chain,
+        thumbprint_error=chain_error,
+    )
+    report = explain(facts)
+    click.echo(report.to_json() if output_format == "json" else report.to_text())
+    sys.exit(report.exit_code)
+
+
+def _offline_provider(
+    policy: Any,
+    iss: str | None,
+    provider_arn: str | None,
+    account_id: str | None,
+    client_ids: tuple[str, ...],
+    claims: dict[str, Any],
+) -> ProviderFacts | None:
+    arn = provider_arn
+    if arn is None and account_id is not None and iss is not None:
+        arn = provider_arn_for(iss, account_id)
+    if arn is None:
+        federated = [p for p in federated_principals(policy) if ":oidc-provider/" in p]
+        arn = federated[0] if federated else None
+    if arn is None:
+        return None
+    if ":oidc-provider/" not in arn:
+        raise click.UsageError(
+            f"--provider-arn {arn!r} is not an IAM OIDC provider ARN: give the ARN "
+            "`idp aws register` prints"
+        )
+    audience = claims.get("aud")
+    default = [audience] if isinstance(audience, str) else list(audience or [])
+    return ProviderFacts(arn=arn.strip(), client_ids=tuple(client_ids or default))

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from idp.runner import ParameterError
+from idp.runner import ParameterError, chain
 from idp.runner.client import fetch_id_token
 from idp.runner.credentials import (
     PARAMETER_DIRS,
@@ -90,17 +90,44 @@ def _parameter_options(function: Callable[..., Any]) -> Callable[..., Any]:
     )
 )
 @_parameter_options
-def credentials(**flags: str | None) -> None:
+@click.option(
+    "--source",
+    type=click.Choice(chain.SOURCES),
+    default="idp",
+    envvar="IDP_AWS_CREDENTIALS_SOURCE",
+    show_envvar=True,
+    help="Where the credentials come from: idp (the step's request token), web-identity "
+    "($AWS_WEB_IDENTITY_TOKEN_FILE), instance (the instance role, IMDSv2), or auto (the "
+    "first of those the step has).",
+)
+def credentials(source: str, **flags: str | None) -> None:
     """Assume an AWS role with the step's ID token (Vela's aws-credentials plugin)."""
+    picked = chain.pick(source, os.environ)
     try:
-        settings = resolve(flags, os.environ)
+        settings = resolve(flags, os.environ, require_role=picked == "idp")
     except ParameterError as exc:
         raise click.UsageError(exc.description) from None
+    if picked == "instance" and settings.script_format == "web_identity":
+        raise click.UsageError(
+            "script_format web_identity writes an ID token, and the instance role has none: "
+            "use shell or credential_file"
+        )
+    if source == "auto" or picked != "idp":
+        click.echo(f"idp: credentials from {chain.DESCRIPTIONS[picked]}", err=True)
     masker = Masker()
-    with masked_logging(settings.log_level, masker):
-        id_token = fetch_id_token(settings.audience)
-        masker.add(id_token)
-        outcome = run(settings, id_token, masker)
+    try:
+        with masked_logging(settings.log_level, masker):
+            if picked == "idp":
+                id_token: str | None = fetch_id_token(settings.audience)
+                found = None
+            elif picked == "web-identity":
+                found, id_token = chain.web_identity(settings, os.environ)
+            else:
+                found, id_token = chain.instance(settings), None
+            masker.add(id_token)
+            outcome = run(settings, id_token, masker, found)
+    except ParameterError as exc:
+        raise click.UsageError(exc.description) from None
     for name, value in outcome.exports:
         click.echo(f"export {name}={shlex.quote(value)}")
     if outcome.arn and not outcome.exports:

@@ -138,8 +138,14 @@ def _bool(name: str, value: str, source: str) -> bool:
     raise ParameterError(f"{name} from {source} is {value!r}: use true or false")
 
 
-def resolve(flags: Mapping[str, str | None], environ: Mapping[str, str]) -> Settings:
-    """The validated settings; every error names the parameter, its source and the fix."""
+def resolve(
+    flags: Mapping[str, str | None], environ: Mapping[str, str], require_role: bool = True
+) -> Settings:
+    """The validated settings; every error names the parameter, its source and the fix.
+
+    Without `require_role` (credentials from the instance or a web identity token file that
+    names its own role) an absent role is "".
+    """
     raw = collect(flags, environ)
     defaults = {p.name: p.default for p in PARAMETERS}
 
@@ -151,12 +157,14 @@ def resolve(flags: Mapping[str, str | None], environ: Mapping[str, str]) -> Sett
         return defaults[name], "default"
 
     role, role_source = get("role")
-    if not role:
+    if not role and not require_role:
+        role = ""
+    elif not role:
         raise ParameterError(
             "no role given: set `role: arn:aws:iam::<account>:role/<name>` in the step's "
             "parameters (or --role, PARAMETER_ROLE)"
         )
-    if not ROLE_ARN.match(role):
+    if role and not ROLE_ARN.match(role):
         raise ParameterError(
             f"role from {role_source} is {role!r}, not a role ARN: "
             "use arn:aws:iam::<12-digit account>:role/<name>"
@@ -362,6 +370,14 @@ def _claims_summary(token: str) -> str:
     )
 
 
+def explain_hint(settings: Settings) -> str:
+    """The command that says which of STS's checks refuses the token, for an error line."""
+    return (
+        f"`idp token --audience {settings.audience} --output token.jwt && idp aws explain "
+        f"--token token.jwt --role-arn {settings.role}` says which check fails"
+    )
+
+
 def _sts_error(exc: Exception, settings: Settings, token: str) -> RunnerError:
     from botocore.exceptions import ClientError
 
@@ -373,13 +389,13 @@ def _sts_error(exc: Exception, settings: Settings, token: str) -> RunnerError:
         return RunnerError(
             f"AWS refused to let this token assume {settings.role} ({message}); the token has "
             f"{_claims_summary(token)}: make the role's trust policy conditions match these "
-            "claims, and check the provider's audience"
+            f"claims, and check the provider's audience; {explain_hint(settings)}"
         )
     if code == "InvalidIdentityToken":
         return RunnerError(
             f"AWS rejected the ID token ({message}): register the issuer with "
             "`idp aws register ISSUER_URL` and check its thumbprint and that AWS can reach its "
-            f"JWKS; token {_claims_summary(token)}"
+            f"JWKS; token {_claims_summary(token)}; {explain_hint(settings)}"
         )
     if code in ("ExpiredToken", "ExpiredTokenException"):
         return RunnerError(
@@ -491,19 +507,33 @@ class Outcome:
     exports: list[tuple[str, str]] = field(default_factory=list)
 
 
-def run(settings: Settings, token: str, masker: Masker) -> Outcome:
-    """Assume the role, optionally verify, and write the chosen format."""
+def run(
+    settings: Settings,
+    token: str | None,
+    masker: Masker,
+    credentials: Credentials | None = None,
+) -> Outcome:
+    """Assume the role with `token` (unless `credentials` came from another source),
+    optionally verify, and write the chosen format."""
     masker.add(token)
     for name in NAMES:
         log.log(TRACE, "parameter %s from %s", name, settings.sources.get(name, "default"))
-    credentials = assume_role(settings, token)
+    if credentials is None:
+        if token is None:
+            raise RunnerError("no ID token and no credentials: nothing to assume the role with")
+        credentials = assume_role(settings, token)
     masker.add(credentials.access_key_id, credentials.secret_access_key, credentials.session_token)
-    log.info("credentials for %s expire at %s", settings.role, credentials.expiration)
+    log.info("credentials for %s expire at %s", settings.role or "the role", credentials.expiration)
     outcome = Outcome(credentials)
     if settings.verify:
         outcome.arn = caller_arn(settings, credentials)
         log.info("verified: the credentials belong to %s", outcome.arn)
     if settings.script_format == "web_identity":
+        if token is None:
+            raise ParameterError(
+                "script_format web_identity writes an ID token, and this source has none: use "
+                "shell or credential_file, or --source idp|web-identity"
+            )
         # The SDKs read the token file and assume (and re-assume) the role themselves.
         write_private(settings.script_path, token)
         outcome.written = settings.script_path
