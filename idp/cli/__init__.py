@@ -44,7 +44,9 @@ _register_optional()
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        cli.main(args=argv, prog_name="idp", standalone_mode=False)
+        # Outside standalone mode click returns what `ctx.exit(n)` asked for (or the
+        # command's own return value, which no command uses as a code).
+        code = cli.main(args=argv, prog_name="idp", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("idp: aborted", err=True)
         sys.exit(1)
@@ -64,4 +66,4 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
