@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# `make run` needs only the package; the test, dev and bench tools come with `make install`.
+RUN_STAMP := $(VENV)/.installed-run
 
 .DEFAULT_GOAL := help
 .PHONY: help install system-deps run test lint format bench chart clean
@@ -14,7 +16,12 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,dev,bench]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
+
+$(RUN_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e .
+	touch $(RUN_STAMP)
 
 install: $(STAMP) ## create .venv and install the package with its test and dev tools
 
@@ -24,7 +31,7 @@ system-deps: ## install redis-server with apt when it is missing (the tests star
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
-run: $(STAMP) ## run the issuer on http://127.0.0.1:8080/_services/token with the file key store in keys/
+run: $(RUN_STAMP) ## run the issuer on http://127.0.0.1:8080/_services/token with the file key store in keys/
 	$(BIN)/idp serve
 
 test: $(STAMP) system-deps ## run the whole test suite (unit and functional)

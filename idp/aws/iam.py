@@ -19,6 +19,7 @@ from botocore.exceptions import (
     NoRegionError,
     PartialCredentialsError,
 )
+from botocore.parsers import ResponseParserError
 
 from idp.aws.errors import AwsApiError
 
@@ -61,8 +62,22 @@ def aws_errors(action: str, permissions: str) -> Iterator[None]:
                 "(e.g. `aws sso login`) or check AWS_PROFILE"
             ) from None
         raise AwsApiError(f"AWS refused to {action}: {code}: {message}") from None
+    except ResponseParserError:
+        # Not a BotoCoreError: an endpoint (a proxy, a fake, an outage page) that answered
+        # something that is not AWS's XML.
+        raise AwsApiError(
+            f"AWS answered the request to {action} with something that is not an AWS reply: "
+            "check AWS_ENDPOINT_URL and any proxy (HTTPS_PROXY) between here and AWS"
+        ) from None
     except BotoCoreError as exc:
         raise AwsApiError(
             f"could not reach AWS to {action} ({exc}): check the network, a proxy "
             "(HTTPS_PROXY) or AWS_ENDPOINT_URL"
+        ) from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # botocore reading a reply that is not AWS's shape (a 200 page from a proxy) fails
+        # with whatever its parser trips on; the block holds one AWS call and nothing else.
+        raise AwsApiError(
+            f"AWS answered the request to {action} with something that is not an AWS reply "
+            f"({type(exc).__name__}): check AWS_ENDPOINT_URL and any proxy (HTTPS_PROXY)"
         ) from None

@@ -74,17 +74,11 @@ def stored_url(url: str, issuer: str | None = None) -> str:
 
     `issuer` is the `issuer` of the discovery document when it was fetched: the tokens' `iss`.
     """
-    stored = check_url_syntax(url)
+    stored = check_url_syntax(url)  # a trailing '/' is refused there, before any network
     if issuer is not None and url != issuer:
         raise ProviderUrlError(
             f"the discovery document at {url!r} names the issuer {issuer!r}: AWS compares "
             f"the tokens' iss with the provider URL exactly, so register {issuer!r}"
-            + (" (drop the trailing '/')" if url.rstrip("/") == issuer else "")
-        )
-    if issuer is None and url.endswith("/"):
-        raise ProviderUrlError(
-            f"{url!r} ends with '/', but an idp issuer never does (IDP_ISSUER forbids it) and "
-            "AWS compares iss exactly: drop the trailing '/'"
         )
     return stored
 
@@ -114,6 +108,11 @@ def check_url_syntax(url: str) -> str:
     if parts.query or parts.fragment or "?" in url or "#" in url:
         raise ProviderUrlError(
             f"{url!r} has a query or fragment, which AWS refuses in a provider URL: {fix}"
+        )
+    if parts.path.endswith("/"):
+        raise ProviderUrlError(
+            f"{url!r} ends with '/': AWS matches a provider to the tokens' iss exactly, and "
+            "IDP_ISSUER never ends with '/'; drop the trailing '/'"
         )
     if len(url) > MAX_URL_LENGTH:
         raise ProviderUrlError(

@@ -66,7 +66,13 @@ def apply_role(iam: Any, request: RoleRequest) -> RoleChange:
         with aws_errors(f"update the trust policy of the IAM role {name}", PERMISSIONS):
             iam.update_assume_role_policy(RoleName=name, PolicyDocument=document)
             arn = str(iam.get_role(RoleName=name)["Role"]["Arn"])
-    with aws_errors(f"attach policies to the IAM role {name}", PERMISSIONS):
-        for policy_arn in request.policy_arns:
+    done = "was created" if created else "exists and its trust policy was updated"
+    for policy_arn in request.policy_arns:
+        # The role is already there: say so, or the operator thinks nothing happened.
+        action = (
+            f"attach {policy_arn} to the IAM role {name} (the role {arn} {done}; fix the "
+            "policy ARN and run the command again, it is idempotent)"
+        )
+        with aws_errors(action, PERMISSIONS):
             iam.attach_role_policy(RoleName=name, PolicyArn=policy_arn)
     return RoleChange(arn=arn, created=created, attached=request.policy_arns)

@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from idp.cli.health import health
 from idp.cli.keys import keys
 from idp.cli.serve import serve
 from idp.errors import IdpError
@@ -23,6 +24,7 @@ def cli() -> None:
 
 cli.add_command(serve)
 cli.add_command(keys)
+cli.add_command(health)
 
 
 def _register_optional() -> None:
@@ -52,9 +54,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except click.UsageError as exc:
         if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
-            # `idp` or `idp aws` alone: show the help, as click does by default.
+            # `idp` or `idp aws` alone: a question, not a mistake. Show the help.
             click.echo(exc.ctx.get_help())
-            sys.exit(2)
+            sys.exit(0)
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
         click.echo(f"idp: error: {exc.format_message()}{hint}", err=True)
         sys.exit(2)

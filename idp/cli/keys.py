@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import click
 
 from idp.config import load_settings
 from idp.keys.keyring import KeyRing
+from idp.keys.ring import iso
 from idp.store import create_store
 
 
@@ -20,8 +20,7 @@ def _open_ring() -> KeyRing:
     return ring
 
 
-def _when(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+_when = iso
 
 
 @click.group()

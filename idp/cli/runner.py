@@ -5,6 +5,7 @@ Results go to stdout (the token, the variables to export); logs go to stderr, ma
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from collections.abc import Callable
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+from joserfc import jws
+from joserfc.errors import JoseError
 
 from idp.runner import ParameterError, chain
 from idp.runner.client import fetch_id_token
@@ -39,28 +42,64 @@ def register(cli: click.Group) -> None:
     group.add_command(credentials)
 
 
+def decoded(id_token: str) -> str:
+    """The header and claims of a JWT as indented JSON, read without verifying it: for people
+    to look at, never to trust (`idp aws explain` verifies)."""
+    try:
+        compact = jws.extract_compact(id_token.strip().encode())
+        claims = json.loads(compact.payload)
+    except (JoseError, ValueError, UnicodeDecodeError):
+        raise click.ClickException(
+            "that is not a JWT (three base64url parts joined by '.'): pass the ID token as "
+            "`idp token` prints it"
+        ) from None
+    return json.dumps({"header": compact.protected, "claims": claims}, indent=2)
+
+
 @click.command()
 @click.option(
     "--audience",
-    required=True,
     envvar="IDP_TOKEN_AUDIENCE",
     show_envvar=True,
-    help="The audience (`aud`) the ID token is for, e.g. sts.amazonaws.com.",
+    help="The audience (`aud`) the ID token is for, e.g. sts.amazonaws.com.  [required]",
 )
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, writable=True),
     help="Write the token to this file (mode 0600) instead of printing it.",
 )
-def token(audience: str, output: str | None) -> None:
+@click.option(
+    "--claims",
+    "show_claims",
+    is_flag=True,
+    help="Print the token's header and claims as JSON (not verified) instead of the token.",
+)
+@click.option(
+    "--decode",
+    "decode_file",
+    type=click.File("r"),
+    metavar="FILE|-",
+    help="Print the header and claims of this token (a file, or - for stdin); fetches nothing.",
+)
+def token(audience: str | None, output: str | None, show_claims: bool, decode_file: Any) -> None:
     """Fetch an ID token through the step's request variables.
 
     Reads VELA_ID_TOKEN_REQUEST_URL/_TOKEN or ACTIONS_ID_TOKEN_REQUEST_URL/_TOKEN, which the
     CI server injects into steps with `id_request: yes`.
     """
+    if decode_file is not None:
+        click.echo(decoded(decode_file.read()))
+        return
+    if not audience:
+        raise click.UsageError(
+            "Missing option '--audience': name the relying party, e.g. --audience sts.amazonaws.com"
+        )
     masker = Masker()
     with masked_logging("info", masker):
         id_token = fetch_id_token(audience)
+    if show_claims:
+        click.echo(decoded(id_token))
+        return
     if output:
         write_private(Path(output), id_token)
         click.echo(f"idp: wrote the ID token to {output}", err=True)

@@ -27,6 +27,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from idp.config import Settings
@@ -415,16 +416,16 @@ def rotate(doc: RingDoc, now: int, policy: Policy, new_key: NewKey) -> tuple[Rin
         keys.sort(key=lambda k: k.sign_from)
         return dataclasses.replace(doc, version=doc.version + 1, keys=tuple(keys)), (
             f"published new key {fresh.kid}; to keep every verifier's cached JWKS valid it "
-            f"starts signing at {start} (in {policy.publish_lead}s); run rotate again then "
-            "or let the schedule take over"
+            f"starts signing at {iso(start)} (in {policy.publish_lead}s); run rotate again "
+            "then or let the schedule take over"
         )
     nxt = waiting[0]
     ready_at = nxt.created_at + policy.publish_lead
     if now < ready_at:
         return None, (
             f"key {nxt.kid} was published {now - nxt.created_at}s ago; to keep every verifier's "
-            f"cached JWKS valid it may only sign from {ready_at} (in {ready_at - now}s), and "
-            f"it will take over at {nxt.sign_from} as scheduled"
+            f"cached JWKS valid it may only sign from {iso(ready_at)} (in {ready_at - now}s), and "
+            f"it will take over at {iso(nxt.sign_from)} as scheduled"
         )
     keys = list(doc.keys)
     promoted = dataclasses.replace(
@@ -458,6 +459,11 @@ def rotate(doc: RingDoc, now: int, policy: Policy, new_key: NewKey) -> tuple[Rin
         f"key {promoted.kid} signs from now; the previous key stays published until its "
         "tokens expire",
     )
+
+
+def iso(ts: int) -> str:
+    """A ring time as `idp keys list` prints it (UTC, ISO 8601)."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _never() -> dict[str, Any]:

@@ -123,3 +123,48 @@ def test_a_policy_aws_cannot_evaluate_creates_nothing(
 def test_bad_role_name(capsys: pytest.CaptureFixture[str], iam: Any) -> None:
     code, _, err = run(capsys, "aws", "create-role", "bad name!", *POLICY_FLAGS)
     assert_one_line_error(code, err, "role name")
+
+
+def test_a_policy_that_does_not_exist_says_the_role_was_created(
+    capsys: pytest.CaptureFixture[str], iam: Any
+) -> None:
+    missing = "arn:aws:iam::123456789012:policy/does-not-exist"
+    code, out, err = run(
+        capsys, "aws", "create-role", "ci-missing-policy", *POLICY_FLAGS, "--policy-arn", missing
+    )
+    assert_one_line_error(
+        code, err, "the role arn:aws:iam::123456789012:role/ci-missing-policy was", missing
+    )
+    assert iam.get_role(RoleName="ci-missing-policy")["Role"]["RoleName"] == "ci-missing-policy"
+
+
+def test_an_answer_botocore_cannot_parse_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, aws_env: str
+) -> None:
+    # A real HTTP server on loopback that answers IAM with an HTML page, as a proxy or an
+    # outage page would.
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = b"<html><body>502 Bad Gateway</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{server.server_port}")
+        code, _, err = run(capsys, "aws", "create-role", "ci-html", *POLICY_FLAGS)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert_one_line_error(code, err, "not an AWS reply")

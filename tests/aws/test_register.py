@@ -189,7 +189,10 @@ def test_the_url_must_be_the_issuers_iss(
 ) -> None:
     server, _, cafile = published_issuer
     code, _, err = run(capsys, "aws", "register", ISSUER + "/", "--cafile", cafile)
-    assert_one_line_error(code, err, f"names the issuer '{ISSUER}'", "drop the trailing '/'")
+    assert_one_line_error(code, err, "ends with '/'", "drop the trailing '/'")
+    # Before the network: a host that does not resolve still gets the same answer.
+    code, _, err = run(capsys, "aws", "register", "https://nowhere.invalid/_services/token/")
+    assert_one_line_error(code, err, "ends with '/'", "drop the trailing '/'")
 
     server.serve_discovery(
         "https://other.example.test/_services/token", f"{ISSUER}/.well-known/jwks"
