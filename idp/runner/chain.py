@@ -157,11 +157,4 @@ def instance(settings: Settings) -> Credentials:
         ) from None
     except BotoCoreError as exc:
         raise RunnerError(f"could not reach AWS STS: {exc}") from None
-    raw = answer["Credentials"]
-    expiration = raw.get("Expiration")
-    return Credentials(
-        access_key_id=raw["AccessKeyId"],
-        secret_access_key=raw["SecretAccessKey"],
-        session_token=raw["SessionToken"],
-        expiration=expiration.isoformat() if hasattr(expiration, "isoformat") else str(expiration),
-    )
+    return Credentials.from_sts(answer)

@@ -321,6 +321,20 @@ class Credentials:
     session_token: str
     expiration: str
 
+    @classmethod
+    def from_sts(cls, answer: dict[str, Any]) -> Credentials:
+        """From an STS AssumeRole* answer."""
+        raw = answer["Credentials"]
+        expiration = raw.get("Expiration")
+        return cls(
+            access_key_id=raw["AccessKeyId"],
+            secret_access_key=raw["SecretAccessKey"],
+            session_token=raw["SessionToken"],
+            expiration=expiration.isoformat()
+            if hasattr(expiration, "isoformat")
+            else str(expiration),
+        )
+
 
 # (event name, handler) pairs registered on every STS client this module creates; a seam for
 # tests (capturing what is sent) and for operators' instrumentation.
@@ -430,14 +444,7 @@ def assume_role(settings: Settings, token: str) -> Credentials:
         answer = sts_client(settings.region).assume_role_with_web_identity(**request)
     except (ClientError, BotoCoreError) as exc:
         raise _sts_error(exc, settings, token) from None
-    raw = answer["Credentials"]
-    expiration = raw.get("Expiration")
-    return Credentials(
-        access_key_id=raw["AccessKeyId"],
-        secret_access_key=raw["SecretAccessKey"],
-        session_token=raw["SessionToken"],
-        expiration=expiration.isoformat() if hasattr(expiration, "isoformat") else str(expiration),
-    )
+    return Credentials.from_sts(answer)
 
 
 def caller_arn(settings: Settings, credentials: Credentials) -> str:
