@@ -500,13 +500,14 @@ class KeyRing:
 
     def request_signing_key(self) -> tuple[str, OctKey]:
         """(id, key) of the secret new request tokens are signed with."""
-        doc = self._doc
+        with self._lock:  # the document and its opened secrets, from the same install
+            doc, keys = self._doc, self._request_keys
         if doc is None:
             raise Unavailable(
                 "the key ring is not loaded yet; check that the key store is reachable"
             )
         record = signing_secret(doc.secrets, int(self.clock()), self.policy)
-        return record.id, self._request_keys[record.id]
+        return record.id, keys[record.id]
 
     @property
     def request_keys(self) -> dict[str, OctKey]:

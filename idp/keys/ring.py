@@ -494,7 +494,7 @@ def merge(stored: RingDoc, ours: RingDoc, now: int, policy: Policy) -> RingDoc |
         if k.kid not in have and k.sign_from <= now and k.remove_at > now + policy.skew
     ]
     known = {s.id for s in stored.secrets}
-    live = {s.id for s in _live_secrets(ours.secrets, now, policy)}
+    live = {s.id for s in _live_secrets(ours.secrets, now + policy.skew, policy)}
     secrets = [s for s in ours.secrets if s.id not in known and s.id in live]
     if not missing and not secrets:
         return None
