@@ -119,6 +119,7 @@ class IssuerProcess:
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = b""
+        self.returncode: int | None = None
 
     @property
     def base(self) -> str:
@@ -171,6 +172,7 @@ class IssuerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.returncode = self.proc.returncode
         self.log += self._read_log()
         self._logfile.close()
         self.proc = None
