@@ -14,10 +14,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -354,3 +356,71 @@ def test_forwarded_headers_do_not_change_the_issuer(target: Target) -> None:
     ).json()
     assert "evil" not in json.dumps(discovery) + json.dumps(opened["env"])
     assert jwt.decode(token, options={"verify_signature": False})["iss"] == discovery["issuer"]
+
+
+# --- no redirect, ever ------------------------------------------------------------------------
+
+
+def _route_paths(tmp: Path) -> list[tuple[str, list[str]]]:
+    """Every route of the app (from its own URL map, so a new route is covered at once), as a
+    concrete path below the issuer's path, with its methods."""
+    from idp.app import create_app
+    from idp.config import load_settings
+
+    app = create_app(load_settings({"IDP_KEYS_DIR": str(tmp)}), start_refresh=False)
+    try:
+        values = {"build_id": "1", "org": "octo-org", "repo": "octo-repo", "build_number": "42"}
+        routes = []
+        for rule in app.url_map.iter_rules():
+            path = rule.rule
+            for name in rule.arguments:
+                path = path.replace(f"<{name}>", values[name])
+            routes.append((path, sorted(rule.methods or ())))
+        return routes
+    finally:
+        app.extensions["idp.keyring"].stop()
+
+
+def _variants(path: str) -> list[str]:
+    """The path with a doubled slash at each '/', and with a trailing slash."""
+    doubled = [path[:i] + "/" + path[i:] for i, ch in enumerate(path) if ch == "/"]
+    return [*doubled, path + "/", path + "//"]
+
+
+def test_no_path_redirects_to_the_clients_host(
+    target: Target, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`//x` answered 308 with `Location: http://<client's Host>/x` and an HTML body
+    (werkzeug's slash merging). No route, method or slash variant may redirect, or carry the
+    client's Host anywhere; every answer is JSON."""
+    hostile = "evil.example"
+    problems = []
+    routes = _route_paths(tmp_path_factory.mktemp("routes"))
+    assert len(routes) >= 9
+    for path, methods in routes:
+        for variant in _variants(path):
+            for method in sorted({*methods, "GET", "POST", "HEAD", "OPTIONS"}):
+                conn = http.client.HTTPConnection("127.0.0.1", target.proc.port, timeout=10)
+                conn.putrequest(method, variant, skip_host=True, skip_accept_encoding=True)
+                conn.putheader("Host", hostile)
+                conn.putheader("X-Forwarded-Host", hostile)
+                conn.putheader("Authorization", f"Bearer {CI_SECRET}")
+                conn.endheaders()
+                answer = conn.getresponse()
+                body = answer.read()
+                conn.close()
+                where = f"{method} {variant}: {answer.status}"
+                if 300 <= answer.status < 400 or answer.getheader("Location") is not None:
+                    problems.append(f"{where} redirects to {answer.getheader('Location')}")
+                if answer.status >= 500:
+                    problems.append(f"{where} is a server error")
+                if hostile.encode() in body or any(hostile in v for _, v in answer.getheaders()):
+                    problems.append(f"{where} carries the client's Host")
+                if not (answer.getheader("Content-Type") or "").startswith("application/json"):
+                    problems.append(f"{where} is not JSON")
+                if method != "HEAD" and answer.status != 304:
+                    try:
+                        json.loads(body)
+                    except ValueError:
+                        problems.append(f"{where} has a body that is not JSON: {body[:60]!r}")
+    assert not problems, "\n".join(problems)
