@@ -21,7 +21,7 @@ from idp.observability import audience_label, audit, metrics
 from idp.ratelimit import rate_limits
 from idp.tokens import request_tokens
 from idp.tokens.claims import id_token_claims, validate_audiences
-from idp.tokens.context import MAX_TTL, parse_context
+from idp.tokens.context import ID_RULE, MAX_TTL, is_canonical_id, parse_context
 from idp.tokens.request_tokens import RequestToken
 from idp.views import keyring, store
 
@@ -221,9 +221,9 @@ def init_app(app: Flask, settings: Settings) -> None:
     @bp.delete("/builds/<build_id>")
     def close_build(build_id: str) -> Response:
         _require_ci_server(settings)
-        # isdigit() alone would take "²" or Arabic-Indic digits.
-        if not (build_id.isascii() and build_id.isdigit()) or len(build_id) > 20:
-            raise InvalidRequest("the build id must be the build's number id, digits only")
+        # As the build context has it: "05003" would close another build than 5003.
+        if not is_canonical_id(build_id):
+            raise InvalidRequest(f"the build id must be the build's number id, {ID_RULE}")
         # Kept closed past the longest life a request token can have.
         store().close_build(build_id, int(time.time()) + MAX_TTL + settings.clock_skew)
         return _no_store(jsonify(build_id=build_id, closed=True))

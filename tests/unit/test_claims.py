@@ -87,6 +87,62 @@ def test_bad_values_are_refused_naming_the_field(field: str, value: Any) -> None
         parse_context({**CONTEXT, field: value})
 
 
+ID_FIELDS = [name for name, spec in FIELDS.items() if spec.kind == "id"]
+
+
+@pytest.mark.parametrize("field", ID_FIELDS)
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        (5003, "5003"),
+        ("5003", "5003"),
+        (0, "0"),
+        ("0", "0"),
+        ("05003", None),  # kept verbatim, `DELETE /builds/5003` did not close it
+        ("00", None),
+        ("0" * 20, None),
+        ("+5003", None),
+        ("5003 ", None),
+        ("5_003", None),
+        ("\u0665\u0660\u0660\u0663", None),  # Arabic-Indic digits
+        (10**20 - 1, str(10**20 - 1)),
+        (10**20, None),
+    ],
+)
+def test_ids_are_canonical_decimals(field: str, value: Any, kept: str | None) -> None:
+    if kept is None:
+        with pytest.raises(InvalidRequest, match=f"{field}.*non-negative integer"):
+            parse_context({**CONTEXT, field: value})
+    else:
+        assert getattr(parse_context({**CONTEXT, field: value}), field) == kept
+
+
+@pytest.mark.parametrize(
+    ("repo", "accepted"),
+    [
+        ("octo-org/octo-repo", True),
+        ("org/.x", True),
+        (".x/..x", True),
+        ("org/...", True),
+        ("../x", False),
+        ("x/..", False),
+        ("./x", False),
+        ("x/.", False),
+        ("./.", False),
+        ("../..", False),
+        (".", False),
+        ("..", False),
+        ("../../x", False),
+    ],
+)
+def test_no_repo_part_is_dot_or_dot_dot(repo: str, accepted: bool) -> None:
+    if accepted:
+        assert parse_context({**CONTEXT, "repo": repo}).repo == repo
+    else:
+        with pytest.raises(InvalidRequest, match="repo"):
+            parse_context({**CONTEXT, "repo": repo})
+
+
 def test_a_context_must_be_an_object() -> None:
     with pytest.raises(InvalidRequest):
         parse_context(["not", "an", "object"])

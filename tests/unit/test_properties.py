@@ -437,7 +437,7 @@ _context_text = st.one_of(
     st.lists(st.sampled_from(_SUBJECT_PIECES), max_size=6).map("".join),
     st.text(_clean_chars, max_size=12),
 ).map(str.strip)
-_ids = st.integers(0, 10**20 - 1) | st.from_regex(r"[0-9]{1,20}", fullmatch=True)
+_ids = st.integers(0, 10**20 - 1) | st.from_regex(r"0|[1-9][0-9]{0,19}", fullmatch=True)
 
 
 def _text_for(field: str) -> st.SearchStrategy[str]:
@@ -567,14 +567,17 @@ class TestBuildContext:
             if spec.kind == "bool":
                 assert isinstance(value, bool)
             elif spec.kind == "id":
-                assert re.fullmatch(r"[0-9]{1,20}", value) or (spec.allow_empty and value == "")
+                # Canonical: one build is one string (no "05003" beside "5003").
+                assert re.fullmatch(r"0|[1-9][0-9]{0,19}", value) or (
+                    spec.allow_empty and value == ""
+                )
             else:
                 assert isinstance(value, str) and (value or spec.allow_empty)
                 assert len(value) <= spec.max_length and value == value.strip()
                 assert _is_clean_text(value), f"{name}={value!r}"
                 assert not (spec.no_colon and ":" in value)
         assert re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", ctx.repo)
-        assert ctx.name not in (".", "..")
+        assert ctx.org not in (".", "..") and ctx.name not in (".", "..")
         assert docker_accepts(ctx.image)
         assert ctx.ttl is None or (type(ctx.ttl) is int and 1 <= ctx.ttl <= MAX_TTL)
         json.dumps(ctx.to_json(), ensure_ascii=False).encode("utf-8")
