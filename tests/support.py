@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
-CI_SECRET = "ci-secret-for-tests-0123456789"
+CI_SECRET = "ci-secret-for-tests-0123456789abcdef"
 # For tests that load the issuer to test something else: the limiter still runs, never refuses.
 NO_RATE_LIMITS = {
     "IDP_RATE_LIMIT_CI": "1000000/second",
