@@ -38,6 +38,9 @@ def create_app(
     app.url_map.strict_slashes = True
     app.url_map.redirect_defaults = False
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    # No automatic OPTIONS answers (an empty text/html 200): the issuer serves no browser and
+    # sends no CORS headers, so OPTIONS is a JSON 405 naming the methods, like any other.
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.config["IDP_SETTINGS"] = settings
 
     keyring = KeyRing(settings, store)

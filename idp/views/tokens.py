@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import time
 from urllib.parse import parse_qsl
 
@@ -129,9 +130,19 @@ def _exchange(settings: Settings) -> str:
 MAX_QUERY_FIELDS = 32
 
 
+# A '%' that does not start an escape of two hex digits: parse_qsl keeps it verbatim.
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+
 def _requested_audiences() -> list[str]:
     # Parsed strictly from the raw query: werkzeug would keep an undecodable "%FF" as the
-    # three characters "%FF" and mint a token for an audience nobody asked for.
+    # three characters "%FF" and mint a token for an audience nobody asked for; urllib keeps
+    # a malformed escape ("%ZZ", "%4") as it is, so that is refused first.
+    if _BAD_ESCAPE.search(request.query_string):
+        raise InvalidAudience(
+            "the query string has a '%' that is not a percent-escape (% and two hex digits): "
+            "encode each audience with urllib.parse.quote or encodeURIComponent ('%' is %25)"
+        )
     try:
         fields = parse_qsl(
             request.query_string.decode("ascii"),
@@ -228,7 +239,9 @@ def init_app(app: Flask, settings: Settings) -> None:
         store().close_build(build_id, int(time.time()) + MAX_TTL + settings.clock_skew)
         return _no_store(jsonify(build_id=build_id, closed=True))
 
-    @bp.get("/id-token")
+    # The exchanges answer GET only: no automatic OPTIONS, and no HEAD (below), since a HEAD
+    # ran the view and minted (and audited) a token whose body was then thrown away.
+    @bp.route("/id-token", methods=["GET"], provide_automatic_options=False)
     def github_exchange() -> Response:
         return _no_store(jsonify(value=_exchange(settings)))
 
@@ -236,8 +249,22 @@ def init_app(app: Flask, settings: Settings) -> None:
 
     vela = Blueprint("vela", __name__)
 
-    @vela.get("/api/v1/repos/<org>/<repo>/builds/<build_number>/id_token")
+    @vela.route(
+        "/api/v1/repos/<org>/<repo>/builds/<build_number>/id_token",
+        methods=["GET"],
+        provide_automatic_options=False,
+    )
     def vela_exchange(org: str, repo: str, build_number: str) -> Response:
         return _no_store(jsonify(token=_exchange(settings)))
 
     app.register_blueprint(vela)
+    _get_only(app, "tokens.github_exchange", "vela.vela_exchange")
+
+
+def _get_only(app: Flask, *endpoints: str) -> None:
+    """Take HEAD off these routes: werkzeug adds it to every GET rule, and Flask then runs the
+    GET view for it. Without it, HEAD and OPTIONS are refused by routing itself, before any
+    view runs: 405 JSON with `Allow: GET`. The matcher reads each rule's methods per request."""
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in endpoints and rule.methods is not None:
+            rule.methods.discard("HEAD")

@@ -226,3 +226,29 @@ def test_a_session_tag_value_aws_cannot_carry_verbatim_is_refused_not_folded(tmp
         claims = verify(proc, minted.json()["value"], "sts.amazonaws.com")
         tags = claims["https://aws.amazon.com/tags"]["principal_tags"]
         assert tags == {"ref": ["refs/heads/release_1"]}
+
+
+def test_head_and_options_never_mint_or_audit(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`HEAD /id-token` ran the GET view: it minted and audited a token and dropped it. HEAD
+    and OPTIONS on both exchanges are 405 with `Allow: GET`, before any view runs."""
+    with IssuerProcess({"IDP_KEYS_DIR": str(tmp_path), "IDP_LOG_FORMAT": "json"}) as proc:
+        opened = open_request_token(proc)
+        auth = {"Authorization": f"Bearer {opened['token']}"}
+        urls = [
+            f"{proc.issuer}/id-token?api-version=2.0&audience=sts.amazonaws.com",
+            f"{opened['env']['VELA_ID_TOKEN_REQUEST_URL']}?audience=sts.amazonaws.com",
+        ]
+        for url in urls:
+            for method in ("HEAD", "OPTIONS"):
+                answer = requests.request(method, url, headers=auth, timeout=10)
+                assert answer.status_code == 405, (method, url)
+                assert answer.headers["Allow"] == "GET"
+                assert answer.headers["Content-Type"].startswith("application/json")
+                if method == "OPTIONS":
+                    assert answer.json()["error"] == "method_not_allowed"
+        metrics = requests.get(f"{proc.issuer}/metrics", timeout=10).text
+        assert 'outcome="minted"' not in metrics
+        minted = requests.get(urls[0], headers=auth, timeout=10)
+        assert minted.status_code == 200
+    audits = [line for line in proc.log.decode().splitlines() if '"event":"id_token"' in line]
+    assert len(audits) == 1 and '"outcome":"minted"' in audits[0], audits
