@@ -472,7 +472,9 @@ def test_one_replica_without_redis_keeps_its_keys_in_a_writable_volume(tmp_path:
     # Never two pods on one key store, not even during a rollout.
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     keys_dir = rendered.config["IDP_KEYS_DIR"]
-    mount = mount_at(rendered.container, keys_dir)
+    # The emptyDir (world-writable root) is mounted above the keys folder, which the issuer
+    # then creates 0700 itself; it refuses a keys folder others may write to.
+    mount = mount_at(rendered.container, str(Path(keys_dir).parent))
     assert not mount.get("readOnly", False)
     assert volume_named(rendered, mount["name"]) == {"name": mount["name"], "emptyDir": {}}
     assert "IDP_REDIS_URL" not in rendered.config
