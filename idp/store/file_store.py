@@ -49,8 +49,8 @@ class FileStore:
         # mkdir's mode applies only to a folder it creates: one that existed kept its mode
         # (0755, or worse). The ring holds private keys: make the folder 0700 when it is ours,
         # and refuse one that others may write to (they could replace the ring) if it is not.
-        # Group-writable is tolerated only for our own group: a Kubernetes volume's root
-        # belongs to root, group fsGroup, which is the group the issuer runs as.
+        # Group-writable is tolerated only for a group of our own: a Kubernetes volume's root
+        # belongs to root, group fsGroup, which the issuer runs as or is a member of.
         for folder in (root, root / "closed-builds"):
             info = folder.stat()
             if info.st_mode & 0o077 and info.st_uid == os.geteuid():
@@ -58,7 +58,10 @@ class FileStore:
                     os.chmod(folder, 0o700)
                 info = folder.stat()
             others_write = info.st_mode & 0o002
-            group_writes = info.st_mode & 0o020 and info.st_gid != os.getegid()
+            group_writes = info.st_mode & 0o020 and info.st_gid not in {
+                os.getegid(),
+                *os.getgroups(),  # fsGroup is a supplementary group on OpenShift
+            }
             if others_write or group_writes:
                 raise ConfigError(
                     f"IDP_KEYS_DIR={str(root)!r}: {folder.name!r} is writable by group or others "
