@@ -166,7 +166,10 @@ class JsonErrorWorker(ThreadWorker):
         except OSError:  # reset by the peer: nothing to answer
             return False
         if state == "wait":
-            return _DEFER  # back to the event loop until the socket is readable again
+            # Back to the event loop until the socket is readable again; a stopping worker
+            # closes instead (gthread would hand a deferred connection holding buffered bytes
+            # straight back to a thread, over and over, until the graceful timeout).
+            return _DEFER if self.alive else False
         if state == "too large":
             write_json_error(conn.sock, 431, "Request Header Fields Too Large")
             return False
