@@ -29,7 +29,18 @@ def create_app(
 
     # No static folder: the issuer serves JSON only, and Flask would add a /static route.
     app = Flask(__name__, static_folder=None)
+    # No redirects, ever: werkzeug answers `//x` (merge_slashes) and a missing trailing slash
+    # (strict_slashes, on rules ending in '/') with a 308 whose Location is built from the
+    # client's Host header, as an HTML page that bypasses the JSON error handlers. Set before
+    # any rule is added, since each rule takes the map's settings when it is bound. Such paths
+    # are a JSON 404 instead.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = True
+    app.url_map.redirect_defaults = False
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    # No automatic OPTIONS answers (an empty text/html 200): the issuer serves no browser and
+    # sends no CORS headers, so OPTIONS is a JSON 405 naming the methods, like any other.
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.config["IDP_SETTINGS"] = settings
 
     keyring = KeyRing(settings, store)

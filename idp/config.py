@@ -178,6 +178,21 @@ def _csv(raw: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+# The shortest secret accepted: 32 characters of `secrets.token_urlsafe` carry 192 bits.
+SECRET_MIN_LENGTH = 32
+
+
+def _secrets(env: Mapping[str, str], name: str, what: str) -> tuple[str, ...]:
+    secrets = _csv(_raw(env, name))
+    for secret in secrets:
+        if len(secret) < SECRET_MIN_LENGTH:
+            raise ConfigError(
+                f"{name} holds {what} shorter than {SECRET_MIN_LENGTH} characters: generate one "
+                "with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+    return secrets
+
+
 def _claim_list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     raw = _raw(env, name)
     if raw is None:
@@ -230,13 +245,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                 "rediss:// for TLS, or unix:///path/to/socket"
             )
 
-    kek = _csv(_raw(env, "IDP_KEY_ENCRYPTION_KEY"))
-    for secret in kek:
-        if len(secret) < 32:
-            raise ConfigError(
-                "IDP_KEY_ENCRYPTION_KEY holds a key shorter than 32 characters: generate one "
-                "with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
-            )
+    kek = _secrets(env, "IDP_KEY_ENCRYPTION_KEY", "a key")
+    # A CI secret is a bearer credential worth every repository's tokens: long enough that no
+    # guess, online or against a digest, can find it.
+    ci_secrets = _secrets(env, "IDP_CI_SECRET", "a secret")
 
     alg = (_raw(env, "IDP_SIGNING_ALG") or "RS256").strip()
     if alg not in SIGNING_ALGS:
@@ -254,6 +266,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     audiences_raw = _raw(env, "IDP_AUDIENCES")
     audiences = _csv(audiences_raw) if audiences_raw is not None else None
+    # Unset means any audience; set must list one. `IDP_AUDIENCES=` (or only commas) read as
+    # unset silently turned the allow-list off.
+    if not audiences and ("IDP_AUDIENCES" in env or "IDP_AUDIENCES_FILE" in env):
+        raise ConfigError(
+            "IDP_AUDIENCES is set but lists no audience: list the allowed audiences, e.g. "
+            "IDP_AUDIENCES=sts.amazonaws.com, or unset it to accept any audience"
+        )
 
     log_format = (_raw(env, "IDP_LOG_FORMAT") or "text").strip()
     if log_format not in ("text", "json"):
@@ -264,7 +283,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_url=redis_url,
         keys_dir=Path(_raw(env, "IDP_KEYS_DIR") or "keys"),
         key_encryption_keys=kek,
-        ci_secrets=_csv(_raw(env, "IDP_CI_SECRET")),
+        ci_secrets=ci_secrets,
         signing_alg=alg,
         token_ttl=_positive_int(env, "IDP_TOKEN_TTL", 300, "a number of seconds, e.g. 300"),
         rotation_period=_positive_int(

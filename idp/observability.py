@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -75,12 +76,17 @@ class Metrics:
 
 
 _metrics: Metrics | None = None
+# gthread workers serve several requests at once: two first requests must not both register
+# the metrics (prometheus_client refuses a duplicate, which answered 500).
+_metrics_lock = threading.Lock()
 
 
 def metrics() -> Metrics:
     global _metrics
     if _metrics is None:
-        _metrics = Metrics()
+        with _metrics_lock:
+            if _metrics is None:
+                _metrics = Metrics()
     return _metrics
 
 

@@ -29,12 +29,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import logging
 import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flask import Flask, current_app, request
 from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage, RedisStorage
@@ -51,6 +54,8 @@ log = logging.getLogger(__name__)
 
 # The counters' Redis keys, beside the rest of the issuer's keys.
 KEY_PREFIX = "idp:limits"
+# HKDF's label for the key that names CI secrets' budgets (no other key is derived with it).
+NAME_KEY_INFO = b"idp rate-limit budget names v1"
 # After a Redis failure, count in memory for this long before trying Redis again.
 BACKOFF = 2.0
 
@@ -73,9 +78,28 @@ def client_address() -> str:
     return request.remote_addr or "unknown"
 
 
-def secret_name(secret: str) -> str:
-    # A CI secret's budget is named by a digest: the secret itself never becomes a Redis key.
-    return hashlib.sha256(secret.encode()).hexdigest()[:16]
+def name_key(settings: Settings) -> bytes:
+    """The key of the HMAC that names each CI secret's budget in Redis.
+
+    A bare digest of the secret in a key name would let anyone holding a Redis dump test
+    guesses offline. The HMAC key is derived (HKDF-SHA256, its own label) from what a dump does
+    not hold and every replica shares: IDP_KEY_ENCRYPTION_KEY when set (its first, current
+    key; required with Redis outside loopback development), which is independent of the
+    secrets it names; otherwise, in development, from the CI secrets themselves. Rotating the
+    first key-encryption key, or the CI secrets without one, renames the budgets: each starts
+    afresh once.
+    """
+    if settings.key_encryption_keys:
+        material = b"kek:" + settings.key_encryption_keys[0].encode()
+    else:
+        material = b"ci:" + "\n".join(sorted(settings.ci_secrets)).encode()
+    return HKDF(algorithm=SHA256(), length=32, salt=None, info=NAME_KEY_INFO).derive(material)
+
+
+def secret_name(secret: str, key: bytes) -> str:
+    # A CI secret's budget is named by a keyed digest: the secret itself never becomes a
+    # Redis key, and neither does anything a guess could be checked against.
+    return hmac.new(key, secret.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def _items(spec: str | None) -> tuple[RateLimitItem, ...]:
@@ -89,6 +113,7 @@ class RateLimits:
         self.ci_items = _items(settings.rate_limit_ci)
         self.step_items = _items(settings.rate_limit_step)
         self.client_items = _items(settings.rate_limit_client)
+        self.name_key = name_key(settings)
         # Per worker, in memory: the public documents always; everything while Redis is down;
         # everything when there is no Redis.
         self.memory = SlidingWindowCounterRateLimiter(MemoryStorage())
@@ -110,7 +135,7 @@ class RateLimits:
     def ci_server(self, secret: str | None) -> None:
         """Count a CI API call: against the matched secret's budget, or the address's."""
         if secret is not None:
-            self._hit(self.ci_items, "ci", secret_name(secret), "ci")
+            self._hit(self.ci_items, "ci", secret_name(secret, self.name_key), "ci")
         else:
             self._hit(self.client_items or self.ci_items, "ci-refused", client_address(), "client")
 

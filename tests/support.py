@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
-CI_SECRET = "ci-secret-for-tests-0123456789"
+CI_SECRET = "ci-secret-for-tests-0123456789abcdef"
 # For tests that load the issuer to test something else: the limiter still runs, never refuses.
 NO_RATE_LIMITS = {
     "IDP_RATE_LIMIT_CI": "1000000/second",
@@ -119,6 +119,7 @@ class IssuerProcess:
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = b""
+        self.returncode: int | None = None
 
     @property
     def base(self) -> str:
@@ -171,6 +172,7 @@ class IssuerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.returncode = self.proc.returncode
         self.log += self._read_log()
         self._logfile.close()
         self.proc = None

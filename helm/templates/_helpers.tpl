@@ -165,6 +165,11 @@ nothing, so there they are generated anew (see README, GitOps).
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
 {{- fail (printf "autoscaling.minReplicas=%d is above autoscaling.maxReplicas=%d: lower it" (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
 {{- end -}}
+{{- range $part := splitList "," .Values.secrets.ciSecret -}}
+{{- if and (trim $part) (lt (len (trim $part)) 32) -}}
+{{- fail "secrets.ciSecret holds a secret shorter than 32 characters: generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`" -}}
+{{- end -}}
+{{- end -}}
 {{- range $part := splitList "," .Values.secrets.keyEncryptionKey -}}
 {{- if and (trim $part) (lt (len (trim $part)) 32) -}}
 {{- fail "secrets.keyEncryptionKey holds a key shorter than 32 characters: generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`" -}}

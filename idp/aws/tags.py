@@ -3,8 +3,14 @@
 AWS accepts tag keys and values made of Unicode letters, digits, white space and `_.:/=+-@`
 (keys 1-128 characters, values up to 256). The issuer copies claims into the
 `https://aws.amazon.com/tags` claim; a value outside that set would make STS refuse the whole
-token, so values are cleaned the same way on both sides: a trust policy matches what the
-token really carries.
+token.
+
+Values are never cleaned into that set: folding every other character into `_` (and cutting at
+256) made `release!1`, `release#1` and `release?1` one tag, so a role written for one branch
+admitted the others. A claim value that a tag cannot carry verbatim is refused instead: at mint
+time by the issuer (400, naming the claim), and by `idp aws trust-policy` for a pattern. Every
+tag value the issuer sends is therefore the claim value itself, and two claim values never
+give one tag.
 """
 
 from __future__ import annotations
@@ -25,9 +31,41 @@ TAG_KEY_PATTERN = re.compile(f"[{_TAG_CHARS}]{{1,{TAG_KEY_MAX}}}")
 _NOT_TAG_CHAR = re.compile(f"[^{_TAG_CHARS}]")
 
 
-def clean_tag_value(value: str) -> str:
-    """`value` with every character AWS refuses replaced by `_`, cut to 256 characters."""
-    return _NOT_TAG_CHAR.sub("_", value)[:TAG_VALUE_MAX]
+TAG_VALUE_CHARS = "letters, digits, spaces and _.:/=+-@"
+
+
+class UnsafeTagValue(ValueError):
+    """A value that AWS cannot carry verbatim as a session tag."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+def tag_value_problem(value: str) -> str | None:
+    """Why AWS cannot carry `value` verbatim as a tag value (a short phrase), or None."""
+    if len(value) > TAG_VALUE_MAX:
+        return f"is over {TAG_VALUE_MAX} characters"
+    refused = _NOT_TAG_CHAR.search(value)
+    if refused is not None:
+        return f"holds {refused.group()!r} (tag values hold only {TAG_VALUE_CHARS})"
+    return None
+
+
+def verbatim_tag_value(value: str) -> str:
+    """`value` itself when AWS can carry it as a tag value; else raise UnsafeTagValue.
+
+    Never folds or cuts: the tag of a value is that value, so distinct values give distinct
+    tags.
+    """
+    problem = tag_value_problem(value)
+    if problem is not None:
+        raise UnsafeTagValue(problem)
+    return value
+
+
+# The old name: callers keep working, but a value is no longer folded into the tag charset.
+clean_tag_value = verbatim_tag_value
 
 
 def is_valid_tag_key(key: str) -> bool:

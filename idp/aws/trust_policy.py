@@ -27,7 +27,7 @@ from typing import Any
 
 from idp.aws import DEFAULT_AUDIENCE
 from idp.aws.errors import TrustPolicyError
-from idp.aws.tags import clean_tag_value
+from idp.aws.tags import TAG_VALUE_MAX, tag_value_problem
 from idp.config import CONTEXT_CLAIMS
 from idp.tokens.claims import escape_subject_value
 
@@ -290,7 +290,7 @@ def build_trust_policy(provider_arn: str, wanted: Wanted, shape: IssuerShape) ->
         subject = subject_pattern(in_subject, shape.subject_claims)
         conditions.append(Condition(_test(subject), f"{url}:sub", subject))
     for claim, pattern in in_tags.items():
-        value = tag_pattern(pattern)
+        value = tag_pattern(pattern, claim)
         conditions.append(Condition(_test(value), f"aws:RequestTag/{claim}", value))
     if len(conditions) == 1 and not wanted.allow_any_repo:
         raise TrustPolicyError(
@@ -312,13 +312,26 @@ def subject_pattern(patterns: Mapping[str, str], subject_claims: Iterable[str]) 
     return ":".join(f"{c}:{escape_subject_value(patterns.get(c, '*'))}" for c in claims)
 
 
-def tag_pattern(pattern: str) -> str:
-    """A pattern for a session tag: literal parts cleaned as the issuer cleans tag values."""
-    return "".join(
-        part if _WILDCARD.fullmatch(part) else clean_tag_value(part)
-        for part in _WILDCARD.split(pattern)
-        if part
-    )
+def tag_pattern(pattern: str, claim: str = "") -> str:
+    """A pattern for a session tag, written verbatim, or refused.
+
+    The issuer puts a claim into a tag only verbatim (it refuses a value outside AWS's tag
+    characters rather than fold it), so a literal part that a tag cannot hold would match no
+    token; and a cleaned literal would match values the operator never named. Either way the
+    condition would not say what was asked: refuse it.
+    """
+    flag = _FLAGS.get(claim, f"--claim {claim}") if claim else "the pattern"
+    literal = _WILDCARD.sub("", pattern)  # what every matching value holds, in order
+    problem = tag_value_problem(literal)
+    if problem is None and len(literal) + pattern.count("?") > TAG_VALUE_MAX:
+        problem = f"is over {TAG_VALUE_MAX} characters"
+    if problem is not None:
+        raise TrustPolicyError(
+            f"{flag} {pattern!r} {problem}, so no session tag can match it (the issuer never "
+            f"folds such values into a tag): match {claim or 'this claim'} through sub "
+            "instead (--subject-claims / IDP_SUBJECT_CLAIMS)"
+        )
+    return pattern
 
 
 def _refuse_shiftable(claim: str, pattern: str, keys: list[str]) -> None:

@@ -50,6 +50,28 @@ class FileStore:
             raise ConfigError(
                 f"IDP_KEYS_DIR={str(root)!r} is not writable by this user: fix its owner or mode"
             )
+        # mkdir's mode applies only to a folder it creates: one that existed kept its mode
+        # (0755, or worse). The ring holds private keys: make the folder 0700 when it is ours,
+        # and refuse one that others may write to (they could replace the ring) if it is not.
+        # Group-writable is tolerated only for a group of our own: a Kubernetes volume's root
+        # belongs to root, group fsGroup, which the issuer runs as or is a member of.
+        for folder in (root, root / "closed-builds"):
+            info = folder.stat()
+            if info.st_mode & 0o077 and info.st_uid == os.geteuid():
+                with contextlib.suppress(OSError):
+                    os.chmod(folder, 0o700)
+                info = folder.stat()
+            others_write = info.st_mode & 0o002
+            group_writes = info.st_mode & 0o020 and info.st_gid not in {
+                os.getegid(),
+                *os.getgroups(),  # fsGroup is a supplementary group on OpenShift
+            }
+            if others_write or group_writes:
+                raise ConfigError(
+                    f"IDP_KEYS_DIR={str(root)!r}: {folder.name!r} is writable by group or others "
+                    f"(mode {info.st_mode & 0o777:o}) and this user cannot change that: use a "
+                    "folder of its own, or chmod 700 it as its owner"
+                )
         return cls(root)
 
     def describe(self) -> str:

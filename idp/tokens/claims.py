@@ -12,9 +12,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from idp.aws.tags import clean_tag_value
+from idp.aws.tags import tag_value_problem
 from idp.config import Settings
-from idp.errors import InvalidAudience
+from idp.errors import InvalidAudience, InvalidRequest
 from idp.tokens.context import BuildContext
 
 AUDIENCE_MAX = 256
@@ -59,7 +59,17 @@ def build_subject(claims: dict[str, str], keys: Sequence[str]) -> str:
 
 
 def session_tags(claims: dict[str, str], keys: Sequence[str]) -> dict[str, Any]:
-    return {"principal_tags": {key: [clean_tag_value(claims[key])] for key in keys}}
+    """The principal tags, each the claim's value verbatim; a value that AWS's tag characters
+    cannot carry is refused (folding it would let it match another value's tag)."""
+    for key in keys:
+        problem = tag_value_problem(claims[key])
+        if problem is not None:
+            raise InvalidRequest(
+                f"claim {key!r} of this build {problem}, so it cannot be an AWS session tag "
+                "verbatim: ask the issuer's operator to drop it from IDP_AWS_SESSION_TAGS "
+                "(choose another claim) or to match it through sub (IDP_SUBJECT_CLAIMS)"
+            )
+    return {"principal_tags": {key: [claims[key]] for key in keys}}
 
 
 def validate_audiences(raw: Sequence[str], settings: Settings) -> list[str]:

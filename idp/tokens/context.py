@@ -24,8 +24,16 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # character and cannot be encoded as UTF-8, so no token, log line or header could hold it.
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _REPO = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
-_ID = re.compile(r"[0-9]{1,20}")
+# Canonical decimal: no sign, no leading zeros (but "0"). "05003" would be kept verbatim and
+# be another build than 5003 to every comparison (closing, the Vela route, trust policies).
+_ID = re.compile(r"0|[1-9][0-9]{0,19}")
 _ID_LIMIT = 10**20
+ID_RULE = "digits without leading zeros, e.g. 5003 (not 05003)"
+
+
+def is_canonical_id(text: str) -> bool:
+    """A build id or number as the issuer stores it: ASCII digits, no leading zeros."""
+    return _ID.fullmatch(text) is not None
 
 
 @dataclass(frozen=True)
@@ -117,8 +125,8 @@ def _text(name: str, spec: Field, value: object) -> str:
         text = str(value)
         if text == "" and spec.allow_empty:
             return text
-        if not _ID.fullmatch(text):
-            raise _bad(name, f"must be a non-negative integer, got {text[:40]!r}")
+        if not is_canonical_id(text):
+            raise _bad(name, f"must be a non-negative integer, {ID_RULE}; got {text[:40]!r}")
         return text
     if not isinstance(value, str):
         raise _bad(name, f"must be a string, got {type(value).__name__}")
@@ -161,8 +169,14 @@ def parse_context(data: object) -> BuildContext:
         else:
             values[name] = _text(name, spec, value)
 
-    if not _REPO.fullmatch(values["repo"]) or values["repo"].split("/")[1] in (".", ".."):
-        raise _bad("repo", "must be 'org/name' (letters, digits, '.', '_', '-')")
+    # Neither part may be '.' or '..': `../x` or `x/..` would read as a path to another repo
+    # in every URL, file or policy pattern built from it.
+    if not _REPO.fullmatch(values["repo"]) or any(
+        part in (".", "..") for part in values["repo"].split("/")
+    ):
+        raise _bad(
+            "repo", "must be 'org/name' (letters, digits, '.', '_', '-'; neither part '.' or '..')"
+        )
     try:
         parse_image(values["image"])
     except InvalidImageReference as exc:

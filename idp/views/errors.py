@@ -16,6 +16,8 @@ _HTTP_CODES = {
     400: ("invalid_request", "the request is malformed"),
     404: ("not_found", "no such endpoint: see the issuer's discovery document for its paths"),
     405: ("method_not_allowed", "this endpoint does not take that HTTP method"),
+    # The body did not arrive in time (idp/cli/worker.py, BODY_READ_TIMEOUT).
+    408: ("request_timeout", "the request body did not arrive in time: send it at once"),
     413: ("request_too_large", "the request body is over 64 KiB: send a smaller build context"),
     414: ("request_too_large", "the request URL is too long: send fewer or shorter parameters"),
     415: ("invalid_request", "send the body as application/json"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import time
 from urllib.parse import parse_qsl
 
@@ -21,7 +22,7 @@ from idp.observability import audience_label, audit, metrics
 from idp.ratelimit import rate_limits
 from idp.tokens import request_tokens
 from idp.tokens.claims import id_token_claims, validate_audiences
-from idp.tokens.context import MAX_TTL, parse_context
+from idp.tokens.context import ID_RULE, MAX_TTL, is_canonical_id, parse_context
 from idp.tokens.request_tokens import RequestToken
 from idp.views import keyring, store
 
@@ -132,9 +133,19 @@ def _exchange(settings: Settings) -> str:
 MAX_QUERY_FIELDS = 32
 
 
+# A '%' that does not start an escape of two hex digits: parse_qsl keeps it verbatim.
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+
 def _requested_audiences() -> list[str]:
     # Parsed strictly from the raw query: werkzeug would keep an undecodable "%FF" as the
-    # three characters "%FF" and mint a token for an audience nobody asked for.
+    # three characters "%FF" and mint a token for an audience nobody asked for; urllib keeps
+    # a malformed escape ("%ZZ", "%4") as it is, so that is refused first.
+    if _BAD_ESCAPE.search(request.query_string):
+        raise InvalidAudience(
+            "the query string has a '%' that is not a percent-escape (% and two hex digits): "
+            "encode each audience with urllib.parse.quote or encodeURIComponent ('%' is %25)"
+        )
     try:
         fields = parse_qsl(
             request.query_string.decode("ascii"),
@@ -227,14 +238,16 @@ def init_app(app: Flask, settings: Settings) -> None:
     @bp.delete("/builds/<build_id>")
     def close_build(build_id: str) -> Response:
         _require_ci_server(settings)
-        # isdigit() alone would take "²" or Arabic-Indic digits.
-        if not (build_id.isascii() and build_id.isdigit()) or len(build_id) > 20:
-            raise InvalidRequest("the build id must be the build's number id, digits only")
+        # As the build context has it: "05003" would close another build than 5003.
+        if not is_canonical_id(build_id):
+            raise InvalidRequest(f"the build id must be the build's number id, {ID_RULE}")
         # Kept closed past the longest life a request token can have.
         store().close_build(build_id, int(time.time()) + MAX_TTL + settings.clock_skew)
         return _no_store(jsonify(build_id=build_id, closed=True))
 
-    @bp.get("/id-token")
+    # The exchanges answer GET only: no automatic OPTIONS, and no HEAD (below), since a HEAD
+    # ran the view and minted (and audited) a token whose body was then thrown away.
+    @bp.route("/id-token", methods=["GET"], provide_automatic_options=False)
     def github_exchange() -> Response:
         return _no_store(jsonify(value=_exchange(settings)))
 
@@ -242,8 +255,22 @@ def init_app(app: Flask, settings: Settings) -> None:
 
     vela = Blueprint("vela", __name__)
 
-    @vela.get("/api/v1/repos/<org>/<repo>/builds/<build_number>/id_token")
+    @vela.route(
+        "/api/v1/repos/<org>/<repo>/builds/<build_number>/id_token",
+        methods=["GET"],
+        provide_automatic_options=False,
+    )
     def vela_exchange(org: str, repo: str, build_number: str) -> Response:
         return _no_store(jsonify(token=_exchange(settings)))
 
     app.register_blueprint(vela)
+    _get_only(app, "tokens.github_exchange", "vela.vela_exchange")
+
+
+def _get_only(app: Flask, *endpoints: str) -> None:
+    """Take HEAD off these routes: werkzeug adds it to every GET rule, and Flask then runs the
+    GET view for it. Without it, HEAD and OPTIONS are refused by routing itself, before any
+    view runs: 405 JSON with `Allow: GET`. The matcher reads each rule's methods per request."""
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in endpoints and rule.methods is not None:
+            rule.methods.discard("HEAD")

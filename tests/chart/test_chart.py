@@ -238,14 +238,14 @@ def test_default_install_configures_an_issuer_the_app_accepts(
 
 def test_ha_values_configure_an_issuer_the_app_accepts(ha_render: Rendered, tmp_path: Path) -> None:
     external = {
-        ("idp-secrets", "IDP_CI_SECRET"): "ci-one,ci-two",
+        ("idp-secrets", "IDP_CI_SECRET"): f"{'1' * 32},{'2' * 32}",
         ("idp-secrets", "IDP_KEY_ENCRYPTION_KEY"): "k" * 40,
         ("idp-redis-url", "url"): "rediss://:token@master.example.cache.amazonaws.com:6379/0",
     }
     settings = load_settings(issuer_environment(ha_render, tmp_path, external))
     assert settings.issuer == "https://ci.example.com/_services/token"
     assert settings.redis_url == external[("idp-redis-url", "url")]
-    assert settings.ci_secrets == ("ci-one", "ci-two")
+    assert settings.ci_secrets == ("1" * 32, "2" * 32)
     assert settings.signing_alg == "ES256"
     assert settings.token_ttl == 600
     assert settings.audiences == ("sts.amazonaws.com",)
@@ -320,7 +320,7 @@ def test_bad_rate_limit_values_are_refused_by_the_schema(values: dict[str, Any])
 # --- secrets -----------------------------------------------------------------------------
 
 SUPPLIED = {
-    "ci": "ci-secret-0123456789-abcdef",
+    "ci": "ci-secret-0123456789-abcdef-0123456789",
     "kek": "kek-0123456789-0123456789-0123456789",
     "redis_password": "s3cr3t-redis-pw",
 }
@@ -379,12 +379,15 @@ def test_generated_secrets_are_long_random_and_kept_by_lookup(default_render: Re
     assert 'lookup "v1" "Secret" .ctx.Release.Namespace .name' in helpers
 
 
+TWO_CI_SECRETS = "one-secret-0123456789abcdef-0123456789,two-secret-0123456789abcdef-0123456789"
+
+
 def test_supplied_secrets_are_used_verbatim() -> None:
     rendered = render(
-        {"secrets": {"ciSecret": "one-secret,two-secret", "keyEncryptionKey": SUPPLIED["kek"]}}
+        {"secrets": {"ciSecret": TWO_CI_SECRETS, "keyEncryptionKey": SUPPLIED["kek"]}}
     )
     assert rendered.secret_data(RELEASE) == {
-        "IDP_CI_SECRET": "one-secret,two-secret",
+        "IDP_CI_SECRET": TWO_CI_SECRETS,
         "IDP_KEY_ENCRYPTION_KEY": SUPPLIED["kek"],
     }
 
@@ -399,6 +402,12 @@ def test_existing_secret_is_used_and_none_is_created() -> None:
 def test_a_short_key_encryption_key_is_refused() -> None:
     message = render_error({"secrets": {"keyEncryptionKey": f"{'x' * 40},too-short"}})
     assert "secrets.keyEncryptionKey holds a key shorter than 32 characters" in message
+
+
+def test_a_short_ci_secret_is_refused() -> None:
+    # The issuer refuses it at start-up; the chart says so at install, not in a crash loop.
+    message = render_error({"secrets": {"ciSecret": f"{'x' * 40},too-short"}})
+    assert "secrets.ciSecret holds a secret shorter than 32 characters" in message
 
 
 def test_secret_names_cannot_be_smuggled_into_the_configmap() -> None:
@@ -463,7 +472,9 @@ def test_one_replica_without_redis_keeps_its_keys_in_a_writable_volume(tmp_path:
     # Never two pods on one key store, not even during a rollout.
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     keys_dir = rendered.config["IDP_KEYS_DIR"]
-    mount = mount_at(rendered.container, keys_dir)
+    # The emptyDir (world-writable root) is mounted above the keys folder, which the issuer
+    # then creates 0700 itself; it refuses a keys folder others may write to.
+    mount = mount_at(rendered.container, str(Path(keys_dir).parent))
     assert not mount.get("readOnly", False)
     assert volume_named(rendered, mount["name"]) == {"name": mount["name"], "emptyDir": {}}
     assert "IDP_REDIS_URL" not in rendered.config

@@ -200,8 +200,9 @@ def test_the_build_context_schema_follows_fields() -> None:
         elif spec.kind == "id":
             integer, digits = prop["anyOf"]
             assert integer == {"type": "integer", "minimum": 0, "maximum": 10**20 - 1}, name
-            low = 0 if spec.allow_empty else 1
-            assert digits == {"type": "string", "pattern": f"^[0-9]{{{low},20}}$"}, name
+            empty = "|" if spec.allow_empty else ""
+            canonical = f"^(?:{empty}0|[1-9][0-9]{{0,19}})$"
+            assert digits == {"type": "string", "pattern": canonical}, name
         else:
             assert prop["type"] == "string", name
             assert prop["maxLength"] == spec.max_length, name
@@ -233,7 +234,8 @@ TEXT_PROBES = [
     "😀",
     "\ufeffx",
 ]
-ID_PROBES: list[object] = [0, 1234, "1234", "007", "", -1, 10**20 - 1, 10**20, "1" * 20, "1" * 21]
+ID_PROBES: list[object] = [0, 1234, "1234", "007", "05003", "00", "0", "", -1, 10**20 - 1, 10**20]
+ID_PROBES += ["1" * 20, "1" * 21, "0" + "1" * 19]
 ID_PROBES += [True, 1.5, None, "12a", "\u0663", "²", " 1", [1], {"n": 1}]
 
 
@@ -249,7 +251,9 @@ def _context_probes() -> Iterator[tuple[str, object]]:
                 yield name, ident
         for other in (True, False, None, 1, "true"):
             yield name, other
-    for repo in ["a/b", "a/.", "a/..", "a/...", "./a", "../a", "a", "a/b/c", "a b/c", "A_.-/z-_."]:
+    for repo in ["a/b", "a/.", "a/..", "a/...", "./a", "../a", ".../a", "./..", "../.", ".a/a."]:
+        yield "repo", repo
+    for repo in ["a", "a/b/c", "a b/c", "A_.-/z-_.", "x/.hidden", "..x/y"]:
         yield "repo", repo
     for image in [
         "golang",

@@ -6,6 +6,7 @@ requests reach them; nothing here depends on timing beyond "within the same minu
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -130,6 +131,30 @@ def test_counters_in_redis_name_no_secret_and_no_token(
     assert counters, keys
     assert all(key.startswith("idp:limits") for key in counters)
     assert not any(CI_SECRET in key or token in key or token.split(".")[2] in key for key in keys)
+    # Nor a bare digest of the secret, which a dump would let anyone test guesses against
+    # offline: the CI budget's name is an HMAC under a key derived from the server's secrets.
+    digest = hashlib.sha256(CI_SECRET.encode()).hexdigest()
+    ci_counters = [key for key in counters if "/ci/" in key]
+    assert ci_counters, counters
+    assert not any(digest[:8] in key for key in keys), ci_counters
+    names = {name for key in ci_counters for name in key.split("/") if len(name) == 32}
+    assert len(names) == 1, ci_counters
+
+
+def test_ci_budget_names_are_keyed_by_the_servers_own_secret() -> None:
+    """Two issuers with the same CI secret but different key-encryption keys name its budget
+    differently: the name says nothing about the secret without the server's key."""
+    from idp.config import load_settings
+    from idp.ratelimit import name_key, secret_name
+
+    one = load_settings({"IDP_CI_SECRET": CI_SECRET, "IDP_KEY_ENCRYPTION_KEY": KEK})
+    other = load_settings({"IDP_CI_SECRET": CI_SECRET, "IDP_KEY_ENCRYPTION_KEY": KEK + "x"})
+    dev = load_settings({"IDP_CI_SECRET": CI_SECRET})
+    names = {secret_name(CI_SECRET, name_key(s)) for s in (one, other, dev)}
+    assert len(names) == 3
+    assert all(hashlib.sha256(CI_SECRET.encode()).hexdigest()[:16] not in n for n in names)
+    # Stable for one configuration, so every replica counts the same budget.
+    assert secret_name(CI_SECRET, name_key(one)) == secret_name(CI_SECRET, name_key(one))
 
 
 def test_the_library_reads_back_what_the_pipelined_count_wrote(

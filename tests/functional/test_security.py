@@ -14,17 +14,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from requests.structures import CaseInsensitiveDict
 
 from idp.views.headers import SECURITY_HEADERS
 from tests.support import CI_SECRET, IssuerProcess
@@ -216,6 +220,26 @@ def audience(query: str) -> Callable[[Target], requests.Response]:
     return lambda t: t.exchange(t.token(), query)
 
 
+def raw_audience(query: str) -> Callable[[Target], requests.Response]:
+    """As `audience`, but the query goes out byte for byte: requests would re-quote a '%'
+    that starts no escape into '%25', turning the attack into a legitimate request."""
+
+    def send(t: Target) -> requests.Response:
+        path = f"{urlsplit(t.issuer).path}/id-token?{query}"
+        conn = http.client.HTTPConnection("127.0.0.1", t.proc.port, timeout=10)
+        conn.request("GET", path, headers={"Authorization": f"Bearer {t.token()}"})
+        answer = conn.getresponse()
+        response = requests.Response()
+        response.status_code = answer.status
+        response.headers = CaseInsensitiveDict(answer.getheaders())
+        response._content = answer.read()
+        response.encoding = "utf-8"
+        conn.close()
+        return response
+
+    return send
+
+
 ATTACKS = [
     # Forged and stolen request tokens.
     Attack("alg: none", exchange_with(alg_none), 401, "invalid_token"),
@@ -242,6 +266,10 @@ ATTACKS = [
     Attack("closing a build with a request token", lambda t: requests.delete(f"{t.issuer}/builds/1", headers={"Authorization": f"Bearer {t.token()}"}, timeout=10), 401, "invalid_token"),
     Attack("closing a build id in non-ASCII digits", lambda t: requests.delete(f"{t.issuer}/builds/\u0661\u0662", headers=CI, timeout=10), 400, "invalid_request"),
     Attack("closing a build id that is not a number", lambda t: requests.delete(f"{t.issuer}/builds/1%3B2", headers=CI, timeout=10), 400, "invalid_request"),
+    Attack("closing a build id with a leading zero", lambda t: requests.delete(f"{t.issuer}/builds/05003", headers=CI, timeout=10), 400, "invalid_request"),
+    Attack("opening a build id with a leading zero", open_with(CI, {**CONTEXT, "build_id": "05003"}), 400, "invalid_request"),
+    Attack("a repo ../x", open_with(CI, {**CONTEXT, "repo": "../x"}), 400, "invalid_request"),
+    Attack("a repo x/..", open_with(CI, {**CONTEXT, "repo": "x/.."}), 400, "invalid_request"),
     # Audience smuggling.
     Attack("no audience", audience("x=1"), 400, "invalid_audience"),
     Attack("empty audience", audience("audience="), 400, "invalid_audience"),
@@ -251,6 +279,9 @@ ATTACKS = [
     Attack("CRLF in the audience", audience("audience=a%0D%0ASet-Cookie:%20x=1"), 400, "invalid_audience"),
     Attack("NUL in the audience", audience("audience=a%00b"), 400, "invalid_audience"),
     Attack("non-UTF-8 audience", audience("audience=%FF%FE"), 400, "invalid_audience"),
+    Attack("malformed percent-escape in the audience", raw_audience("audience=%ZZ"), 400, "invalid_audience"),
+    Attack("truncated percent-escape in the audience", raw_audience("audience=sts.amazonaws.com%4"), 400, "invalid_audience"),
+    Attack("a bare % in the audience", raw_audience("audience=100%"), 400, "invalid_audience"),
     Attack("11 audiences", audience("&".join(f"audience=a{i}" for i in range(11))), 400, "invalid_audience"),
     Attack("a 300-character audience", audience("audience=" + "a" * 300), 400, "invalid_audience"),
     # Header injection through claims: refused where the claim enters.
@@ -272,6 +303,8 @@ ATTACKS = [
     Attack("a lone surrogate in the context", open_with(CI, raw=b'{"step": "s\\ud800"}'), 400, "invalid_request"),
     Attack("JSON that is not an object", open_with(CI, [1, 2]), 400, "invalid_request"),
     Attack("wrong method", lambda t: requests.put(f"{t.issuer}/request-tokens", headers=CI, timeout=10), 405, "method_not_allowed"),
+    Attack("OPTIONS on the GitHub exchange", lambda t: requests.options(f"{t.issuer}/id-token?audience=a", headers={"Authorization": f"Bearer {t.token()}"}, timeout=10), 405, "method_not_allowed"),
+    Attack("OPTIONS on the Vela exchange", lambda t: requests.options(f"{t.base}/api/v1/repos/octo-org/octo-repo/builds/42/id_token?audience=a", headers={"Authorization": f"Bearer {t.token()}"}, timeout=10), 405, "method_not_allowed"),
 ]  # fmt: skip
 
 
@@ -354,3 +387,76 @@ def test_forwarded_headers_do_not_change_the_issuer(target: Target) -> None:
     ).json()
     assert "evil" not in json.dumps(discovery) + json.dumps(opened["env"])
     assert jwt.decode(token, options={"verify_signature": False})["iss"] == discovery["issuer"]
+
+
+# --- no redirect, ever ------------------------------------------------------------------------
+
+
+def _route_paths(tmp: Path) -> list[tuple[str, list[str]]]:
+    """Every route of the app (from its own URL map, so a new route is covered at once), as a
+    concrete path below the issuer's path, with its methods."""
+    from idp.app import create_app
+    from idp.config import load_settings
+
+    app = create_app(load_settings({"IDP_KEYS_DIR": str(tmp)}), start_refresh=False)
+    try:
+        values = {"build_id": "1", "org": "octo-org", "repo": "octo-repo", "build_number": "42"}
+        routes = []
+        for rule in app.url_map.iter_rules():
+            path = rule.rule
+            for name in rule.arguments:
+                path = path.replace(f"<{name}>", values[name])
+            routes.append((path, sorted(rule.methods or ())))
+        return routes
+    finally:
+        app.extensions["idp.keyring"].stop()
+
+
+def _variants(path: str) -> list[str]:
+    """The path with a doubled slash at each '/', and with a trailing slash."""
+    doubled = [path[:i] + "/" + path[i:] for i, ch in enumerate(path) if ch == "/"]
+    return [*doubled, path + "/", path + "//"]
+
+
+def test_no_path_redirects_to_the_clients_host(
+    target: Target, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`//x` answered 308 with `Location: http://<client's Host>/x` and an HTML body
+    (werkzeug's slash merging). No route, method or slash variant may redirect, or carry the
+    client's Host anywhere; every answer is JSON."""
+    hostile = "evil.example"
+    problems = []
+    routes = _route_paths(tmp_path_factory.mktemp("routes"))
+    assert len(routes) >= 9
+    for path, methods in routes:
+        for variant in _variants(path):
+            for method in sorted({*methods, "GET", "POST", "HEAD", "OPTIONS"}):
+                conn = http.client.HTTPConnection("127.0.0.1", target.proc.port, timeout=10)
+                conn.putrequest(method, variant, skip_host=True, skip_accept_encoding=True)
+                conn.putheader("Host", hostile)
+                conn.putheader("X-Forwarded-Host", hostile)
+                conn.putheader("Authorization", f"Bearer {CI_SECRET}")
+                conn.endheaders()
+                answer = conn.getresponse()
+                body = answer.read()
+                conn.close()
+                where = f"{method} {variant}: {answer.status}"
+                if 300 <= answer.status < 400 or answer.getheader("Location") is not None:
+                    problems.append(f"{where} redirects to {answer.getheader('Location')}")
+                if answer.status >= 500:
+                    problems.append(f"{where} is a server error")
+                if hostile.encode() in body or any(hostile in v for _, v in answer.getheaders()):
+                    problems.append(f"{where} carries the client's Host")
+                # A leading '//' reaches the route itself (gunicorn reads it as an absolute
+                # path, RFC 9112 3.2.1): /metrics then answers its Prometheus text.
+                metrics = path.endswith("/metrics") and answer.status == 200
+                if metrics:
+                    continue
+                if not (answer.getheader("Content-Type") or "").startswith("application/json"):
+                    problems.append(f"{where} is not JSON")
+                if method != "HEAD" and answer.status != 304:
+                    try:
+                        json.loads(body)
+                    except ValueError:
+                        problems.append(f"{where} has a body that is not JSON: {body[:60]!r}")
+    assert not problems, "\n".join(problems)

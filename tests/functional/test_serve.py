@@ -161,3 +161,47 @@ def test_usage_errors_exit_2_with_one_line() -> None:
 def test_help(command: list[str]) -> None:
     result = idp(*command)
     assert result.returncode == 0 and "Usage:" in result.stdout
+
+
+def test_an_existing_keys_folder_is_made_private(tmp_path: Path) -> None:
+    """mkdir's mode only applies to a new folder: an existing 0755 one stayed 0755."""
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o755)
+    keys.chmod(0o775)
+    from idp.config import load_settings
+    from idp.store.file_store import FileStore
+
+    FileStore.create(load_settings({"IDP_KEYS_DIR": str(keys)}))
+    assert keys.stat().st_mode & 0o777 == 0o700
+    assert (keys / "closed-builds").stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the folder to another user")
+def test_a_keys_folder_others_can_write_and_we_cannot_fix_stops_serve(tmp_path: Path) -> None:
+    keys = tmp_path / "shared"
+    keys.mkdir()
+    (keys / "closed-builds").mkdir()
+    for folder in (keys, keys / "closed-builds"):
+        os.chown(folder, 65534, 65534)  # nobody's, so the issuer must not chmod it
+        folder.chmod(0o777)
+    result = idp("serve", "--port", "1", env={"IDP_KEYS_DIR": str(keys)})
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("idp: error: IDP_KEYS_DIR="), result.stderr
+    assert "writable by group or others" in lines[0] and "Traceback" not in result.stderr
+    assert keys.stat().st_mode & 0o777 == 0o777
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the folder to another user")
+def test_a_volume_root_of_our_own_group_is_accepted(tmp_path: Path) -> None:
+    """A Kubernetes volume: owned by root (here: nobody), group fsGroup (the issuer's own),
+    mode 2775: nobody outside our group can write it."""
+    from idp.config import load_settings
+    from idp.store.file_store import FileStore
+
+    keys = tmp_path / "volume"
+    keys.mkdir()
+    os.chown(keys, 65534, os.getegid())
+    keys.chmod(0o2775)
+    FileStore.create(load_settings({"IDP_KEYS_DIR": str(keys)}))
+    assert keys.stat().st_mode & 0o7777 == 0o2775  # not ours to change, and safe as it is

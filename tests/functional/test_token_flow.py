@@ -192,3 +192,63 @@ def test_a_disallowed_audience_is_refused(tmp_path) -> None:  # type: ignore[no-
         assert requests.get(url + "evil", headers=auth, timeout=10).status_code == 400
         good = requests.get(url + "sts.amazonaws.com", headers=auth, timeout=10)
         assert verify(proc, good.json()["value"], "sts.amazonaws.com")["aud"] == "sts.amazonaws.com"
+
+
+def test_a_session_tag_value_aws_cannot_carry_verbatim_is_refused_not_folded(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`release!1`, `release#1` and `release?1` all became the tag `release_1`, so a role for
+    one branch admitted the others. Now such a value is refused (400, naming the claim) on both
+    exchanges, and the one value that is its own tag is minted with it verbatim."""
+    env = {
+        "IDP_KEYS_DIR": str(tmp_path),
+        "IDP_AWS_SESSION_TAGS": "ref",
+        "IDP_SUBJECT_CLAIMS": "repo",
+    }
+    with IssuerProcess(env) as proc:
+        for ref in ("refs/heads/release!1", "refs/heads/release#1", "refs/heads/release?1"):
+            opened = open_request_token(proc, ref=ref, branch=ref[len("refs/heads/") :])
+            auth = {"Authorization": f"Bearer {opened['token']}"}
+            for url in (
+                f"{proc.issuer}/id-token?audience=sts.amazonaws.com",
+                f"{opened['env']['VELA_ID_TOKEN_REQUEST_URL']}?audience=sts.amazonaws.com",
+            ):
+                refused = requests.get(url, headers=auth, timeout=10)
+                assert refused.status_code == 400, refused.text
+                body = refused.json()
+                assert body["error"] == "invalid_request"
+                assert "'ref'" in body["error_description"]
+                assert "IDP_AWS_SESSION_TAGS" in body["error_description"]
+        token = open_request_token(proc, ref="refs/heads/release_1", branch="release_1")["token"]
+        minted = requests.get(
+            f"{proc.issuer}/id-token?audience=sts.amazonaws.com",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        claims = verify(proc, minted.json()["value"], "sts.amazonaws.com")
+        tags = claims["https://aws.amazon.com/tags"]["principal_tags"]
+        assert tags == {"ref": ["refs/heads/release_1"]}
+
+
+def test_head_and_options_never_mint_or_audit(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`HEAD /id-token` ran the GET view: it minted and audited a token and dropped it. HEAD
+    and OPTIONS on both exchanges are 405 with `Allow: GET`, before any view runs."""
+    with IssuerProcess({"IDP_KEYS_DIR": str(tmp_path), "IDP_LOG_FORMAT": "json"}) as proc:
+        opened = open_request_token(proc)
+        auth = {"Authorization": f"Bearer {opened['token']}"}
+        urls = [
+            f"{proc.issuer}/id-token?api-version=2.0&audience=sts.amazonaws.com",
+            f"{opened['env']['VELA_ID_TOKEN_REQUEST_URL']}?audience=sts.amazonaws.com",
+        ]
+        for url in urls:
+            for method in ("HEAD", "OPTIONS"):
+                answer = requests.request(method, url, headers=auth, timeout=10)
+                assert answer.status_code == 405, (method, url)
+                assert answer.headers["Allow"] == "GET"
+                assert answer.headers["Content-Type"].startswith("application/json")
+                if method == "OPTIONS":
+                    assert answer.json()["error"] == "method_not_allowed"
+        metrics = requests.get(f"{proc.issuer}/metrics", timeout=10).text
+        assert 'outcome="minted"' not in metrics
+        minted = requests.get(urls[0], headers=auth, timeout=10)
+        assert minted.status_code == 200
+    audits = [line for line in proc.log.decode().splitlines() if '"event":"id_token"' in line]
+    assert len(audits) == 1 and '"outcome":"minted"' in audits[0], audits

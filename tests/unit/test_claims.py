@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
+from idp.aws.tags import UnsafeTagValue, verbatim_tag_value
 from idp.config import CONTEXT_CLAIMS, load_settings
 from idp.errors import InvalidAudience, InvalidRequest
 from idp.tokens.claims import (
     build_subject,
-    clean_tag_value,
     context_claims,
     id_token_claims,
     validate_audiences,
@@ -85,6 +85,62 @@ def test_no_text_field_takes_a_control_character(field: str, bad: str) -> None:
 def test_bad_values_are_refused_naming_the_field(field: str, value: Any) -> None:
     with pytest.raises(InvalidRequest, match=field):
         parse_context({**CONTEXT, field: value})
+
+
+ID_FIELDS = [name for name, spec in FIELDS.items() if spec.kind == "id"]
+
+
+@pytest.mark.parametrize("field", ID_FIELDS)
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        (5003, "5003"),
+        ("5003", "5003"),
+        (0, "0"),
+        ("0", "0"),
+        ("05003", None),  # kept verbatim, `DELETE /builds/5003` did not close it
+        ("00", None),
+        ("0" * 20, None),
+        ("+5003", None),
+        ("5003 ", None),
+        ("5_003", None),
+        ("\u0665\u0660\u0660\u0663", None),  # Arabic-Indic digits
+        (10**20 - 1, str(10**20 - 1)),
+        (10**20, None),
+    ],
+)
+def test_ids_are_canonical_decimals(field: str, value: Any, kept: str | None) -> None:
+    if kept is None:
+        with pytest.raises(InvalidRequest, match=f"{field}.*non-negative integer"):
+            parse_context({**CONTEXT, field: value})
+    else:
+        assert getattr(parse_context({**CONTEXT, field: value}), field) == kept
+
+
+@pytest.mark.parametrize(
+    ("repo", "accepted"),
+    [
+        ("octo-org/octo-repo", True),
+        ("org/.x", True),
+        (".x/..x", True),
+        ("org/...", True),
+        ("../x", False),
+        ("x/..", False),
+        ("./x", False),
+        ("x/.", False),
+        ("./.", False),
+        ("../..", False),
+        (".", False),
+        ("..", False),
+        ("../../x", False),
+    ],
+)
+def test_no_repo_part_is_dot_or_dot_dot(repo: str, accepted: bool) -> None:
+    if accepted:
+        assert parse_context({**CONTEXT, "repo": repo}).repo == repo
+    else:
+        with pytest.raises(InvalidRequest, match="repo"):
+            parse_context({**CONTEXT, "repo": repo})
 
 
 def test_a_context_must_be_an_object() -> None:
@@ -177,27 +233,55 @@ def test_id_token_claims_follow_the_interface() -> None:
     assert two["aud"] == ["a", "b"] and two["jti"] != claims["jti"]
 
 
-def test_session_tags_carry_the_configured_claims_cleaned() -> None:
+def test_session_tags_carry_the_configured_claims_verbatim() -> None:
     settings = load_settings({"IDP_AWS_SESSION_TAGS": "image_name,commands,step"})
-    ctx = parse_context({**CONTEXT, "step": "build & push (prod)"})
+    ctx = parse_context({**CONTEXT, "step": "build + push @prod"})
     tags = id_token_claims(ctx, ["sts.amazonaws.com"], settings, 0)["https://aws.amazon.com/tags"]
     assert tags == {
         "principal_tags": {
             "image_name": ["registry:5000/team/app"],
             "commands": ["false"],
-            "step": ["build _ push _prod_"],
+            "step": ["build + push @prod"],
         }
     }
 
 
 @pytest.mark.parametrize(
-    ("value", "cleaned"),
+    ("claim", "value", "problem"),
     [
-        ("golang", "golang"),
-        ("a b:c/d=e+f-g@h.i_j", "a b:c/d=e+f-g@h.i_j"),
-        ("a&b", "a_b"),
-        ("x" * 300, "x" * 256),
+        # Each of these was folded into `release_1`: a role for one admitted the others.
+        ("ref", "refs/heads/release!1", "'!'"),
+        ("ref", "refs/heads/release#1", "'#'"),
+        ("ref", "refs/heads/release?1", "'?'"),
+        ("step", "build & push (prod)", "'&'"),
+        ("ref", "refs/heads/" + "x" * 250, "over 256 characters"),  # was cut to 256
     ],
 )
-def test_clean_tag_value(value: str, cleaned: str) -> None:
-    assert clean_tag_value(value) == cleaned
+def test_a_claim_no_session_tag_can_carry_verbatim_is_refused_at_mint_time(
+    claim: str, value: str, problem: str
+) -> None:
+    settings = load_settings({"IDP_AWS_SESSION_TAGS": claim})
+    overrides = {claim: value} if claim == "step" else {"ref": value, "branch": value[11:]}
+    ctx = parse_context({**CONTEXT, **overrides})
+    with pytest.raises(InvalidRequest) as info:
+        id_token_claims(ctx, ["sts.amazonaws.com"], settings, 0)
+    message = info.value.description
+    assert info.value.status == 400 and info.value.code == "invalid_request"
+    assert repr(claim) in message and problem in message
+    assert "IDP_AWS_SESSION_TAGS" in message and "IDP_SUBJECT_CLAIMS" in message
+    # Without it as a session tag (it may be in sub), the same build mints.
+    assert "sub" in id_token_claims(ctx, ["sts.amazonaws.com"], load_settings({}), 0)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["golang", "a b:c/d=e+f-g@h.i_j", "", "caf\u00e9\u00a0\u00fc", "x" * 256],
+)
+def test_a_value_aws_can_carry_is_its_own_tag(value: str) -> None:
+    assert verbatim_tag_value(value) == value
+
+
+@pytest.mark.parametrize("value", ["a&b", "x" * 257, "tab\there", "$(x)", "a*b"])
+def test_a_value_aws_cannot_carry_is_never_folded(value: str) -> None:
+    with pytest.raises(UnsafeTagValue):
+        verbatim_tag_value(value)

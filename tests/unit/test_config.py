@@ -21,7 +21,8 @@ def test_defaults_follow_the_interface() -> None:
 
 
 def test_every_variable_can_come_from_a_file(tmp_path: Path) -> None:
-    (tmp_path / "secret").write_text("one-secret-value,two-secret-value\n")
+    one, two = "one-secret-value-0123456789abcdef", "two-secret-value-0123456789abcdef"
+    (tmp_path / "secret").write_text(f"{one},{two}\n")
     (tmp_path / "ttl").write_text("120")
     s = load_settings(
         {
@@ -29,7 +30,7 @@ def test_every_variable_can_come_from_a_file(tmp_path: Path) -> None:
             "IDP_TOKEN_TTL_FILE": str(tmp_path / "ttl"),
         }
     )
-    assert s.ci_secrets == ("one-secret-value", "two-secret-value")
+    assert s.ci_secrets == (one, two)
     assert s.token_ttl == 120
 
 
@@ -59,6 +60,13 @@ def test_every_variable_can_come_from_a_file(tmp_path: Path) -> None:
         ({"IDP_LOG_FORMAT": "xml"}, "IDP_LOG_FORMAT"),
         ({"IDP_TOKEN_TTL": "5", "IDP_TOKEN_TTL_FILE": "/x"}, "IDP_TOKEN_TTL"),
         ({"IDP_CI_SECRET_FILE": "/nonexistent/secret"}, "IDP_CI_SECRET_FILE"),
+        ({"IDP_CI_SECRET": "x"}, "IDP_CI_SECRET"),
+        ({"IDP_CI_SECRET": "a" * 31}, "IDP_CI_SECRET"),
+        ({"IDP_CI_SECRET": f"{'a' * 32},short"}, "IDP_CI_SECRET"),
+        ({"IDP_CI_SECRET": f"short,{'a' * 32}"}, "IDP_CI_SECRET"),
+        ({"IDP_AUDIENCES": ""}, "IDP_AUDIENCES"),
+        ({"IDP_AUDIENCES": " , ,"}, "IDP_AUDIENCES"),
+        ({"IDP_AUDIENCES_FILE": "/dev/null"}, "IDP_AUDIENCES"),
     ],
 )
 def test_a_bad_value_names_its_variable(env: dict[str, str], names: str) -> None:
@@ -74,3 +82,33 @@ def test_local_development_means_plain_http_on_loopback() -> None:
     assert Settings(issuer="http://localhost:8080").is_local_development
     assert not Settings(issuer="https://127.0.0.1/x").is_local_development
     assert not Settings(issuer="http://ci.example.com/x").is_local_development
+
+
+@pytest.mark.parametrize("secret", ["x", "dev-ci-secret-0123456789", "a" * 31])
+def test_a_short_ci_secret_is_refused_saying_how_to_make_one(secret: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"IDP_CI_SECRET": f"{'a' * 40},{secret}"})
+    message = info.value.description
+    assert "IDP_CI_SECRET" in message and "32 characters" in message
+    assert "secrets.token_urlsafe(32)" in message
+    assert secret not in message.replace("a" * 40, "")  # the secret is never echoed
+
+
+def test_ci_secrets_of_32_characters_or_more_are_accepted() -> None:
+    secrets = ("a" * 32, "b" * 64)
+    assert load_settings({"IDP_CI_SECRET": ",".join(secrets)}).ci_secrets == secrets
+
+
+@pytest.mark.parametrize(
+    ("raw", "audiences"),
+    [
+        (None, None),  # unset: any well-formed audience
+        ("sts.amazonaws.com", ("sts.amazonaws.com",)),
+        (" sts.amazonaws.com , vault ,", ("sts.amazonaws.com", "vault")),
+    ],
+)
+def test_audiences_unset_means_any_and_set_means_a_list(
+    raw: str | None, audiences: tuple[str, ...] | None
+) -> None:
+    env = {} if raw is None else {"IDP_AUDIENCES": raw}
+    assert load_settings(env).audiences == audiences

@@ -19,7 +19,15 @@ import pytest
 from hypothesis import example, given, reject, settings
 from hypothesis import strategies as st
 
-from idp.aws.tags import TAG_KEY_MAX, TAG_VALUE_MAX, clean_tag_value, is_valid_tag_key
+from idp.aws.errors import TrustPolicyError
+from idp.aws.tags import (
+    TAG_KEY_MAX,
+    TAG_VALUE_MAX,
+    UnsafeTagValue,
+    is_valid_tag_key,
+    verbatim_tag_value,
+)
+from idp.aws.trust_policy import tag_pattern
 from idp.config import CONTEXT_CLAIMS, Settings, load_settings
 from idp.errors import InvalidAudience, InvalidRequest
 from idp.tokens.claims import (
@@ -28,6 +36,7 @@ from idp.tokens.claims import (
     build_subject,
     context_claims,
     id_token_claims,
+    session_tags,
     validate_audiences,
 )
 from idp.tokens.context import FIELDS, MAX_TTL, parse_context
@@ -437,7 +446,7 @@ _context_text = st.one_of(
     st.lists(st.sampled_from(_SUBJECT_PIECES), max_size=6).map("".join),
     st.text(_clean_chars, max_size=12),
 ).map(str.strip)
-_ids = st.integers(0, 10**20 - 1) | st.from_regex(r"[0-9]{1,20}", fullmatch=True)
+_ids = st.integers(0, 10**20 - 1) | st.from_regex(r"0|[1-9][0-9]{0,19}", fullmatch=True)
 
 
 def _text_for(field: str) -> st.SearchStrategy[str]:
@@ -567,14 +576,17 @@ class TestBuildContext:
             if spec.kind == "bool":
                 assert isinstance(value, bool)
             elif spec.kind == "id":
-                assert re.fullmatch(r"[0-9]{1,20}", value) or (spec.allow_empty and value == "")
+                # Canonical: one build is one string (no "05003" beside "5003").
+                assert re.fullmatch(r"0|[1-9][0-9]{0,19}", value) or (
+                    spec.allow_empty and value == ""
+                )
             else:
                 assert isinstance(value, str) and (value or spec.allow_empty)
                 assert len(value) <= spec.max_length and value == value.strip()
                 assert _is_clean_text(value), f"{name}={value!r}"
                 assert not (spec.no_colon and ":" in value)
         assert re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", ctx.repo)
-        assert ctx.name not in (".", "..")
+        assert ctx.org not in (".", "..") and ctx.name not in (".", "..")
         assert docker_accepts(ctx.image)
         assert ctx.ttl is None or (type(ctx.ttl) is int and 1 <= ctx.ttl <= MAX_TTL)
         json.dumps(ctx.to_json(), ensure_ascii=False).encode("utf-8")
@@ -622,7 +634,7 @@ _audience_text = st.one_of(
 )
 _audience_lists = st.lists(_audience_text, max_size=12)
 _allow_lists = st.none() | st.lists(
-    st.sampled_from(["a", "b", "sts.amazonaws.com", "%2C", "a b", "~"]), max_size=3
+    st.sampled_from(["a", "b", "sts.amazonaws.com", "%2C", "a b", "~"]), min_size=1, max_size=3
 )
 
 
@@ -695,6 +707,27 @@ def aws_accepts_tag_value(value: str) -> bool:
 
 
 _tag_chars = st.characters(categories=("L", "Z", "N")) | st.sampled_from(list("_.:/=+-@"))
+# Everything AWS refuses in a tag: punctuation and symbols but `_.:/=+-@`, marks, controls.
+_refused_tag_chars = st.characters(exclude_categories=("L", "Z", "N", "Cs")).filter(
+    lambda c: c not in "_.:/=+-@"
+) | st.sampled_from(list("!#?&$%*()[]{}<>|\\\"'`,;~^"))
+_tag_values_with_refused_characters = st.tuples(
+    st.text(_tag_chars, max_size=20), _refused_tag_chars, st.text(_tag_chars, max_size=20)
+).map("".join)
+
+
+@st.composite
+def _colliding_tag_values(draw: st.DrawFn) -> tuple[str, str]:
+    """Two values shaped to collide once folded: one text with a refused character (or '_',
+    or nothing) at the same place in each, or a common prefix past 256 characters."""
+    head = draw(st.text(_tag_chars, max_size=30))
+    tail = draw(st.text(_tag_chars, max_size=30))
+    if draw(st.integers(0, 4)) == 0:
+        head = head + "x" * (TAG_VALUE_MAX - len(head))
+    middle = _refused_tag_chars | st.just("_") | st.just("")
+    return head + draw(middle) + tail, head + draw(middle) + tail
+
+
 _any_text = st.one_of(
     st.text(max_size=300),
     st.text(st.characters() | _surrogates, max_size=40),
@@ -704,25 +737,49 @@ _any_text = st.one_of(
 
 class TestSessionTags:
     @props(400)
-    @given(_any_text | st.text(_tag_chars, max_size=300))
+    @given(_any_text | st.text(_tag_chars, max_size=300) | _tag_values_with_refused_characters)
     @example("a&b" * 100)
     @example("\ud800")
-    def test_a_cleaned_value_is_one_aws_accepts(self, value: str) -> None:
-        """clean_tag_value gives a value AWS accepts (at most 256 characters, each a letter,
-        digit, space separator or one of `_.:/=+-@`), one for one: only refused characters
-        change (into '_'), then it is cut to 256."""
-        cleaned = clean_tag_value(value)
-        assert aws_accepts_tag_value(cleaned)
-        assert len(cleaned) == min(len(value), TAG_VALUE_MAX)
-        for before, after in zip(value, cleaned, strict=False):
-            assert after == (before if aws_tag_char(before) else "_")
+    @example("x" * TAG_VALUE_MAX)
+    @example("x" * (TAG_VALUE_MAX + 1))
+    def test_a_value_is_its_own_tag_exactly_when_aws_accepts_it(self, value: str) -> None:
+        """verbatim_tag_value returns the value itself when AWS accepts it (at most 256
+        characters, each a letter, digit, space separator or one of `_.:/=+-@`), and raises
+        UnsafeTagValue otherwise: it never folds or cuts."""
+        if aws_accepts_tag_value(value):
+            assert verbatim_tag_value(value) == value
+        else:
+            with pytest.raises(UnsafeTagValue):
+                verbatim_tag_value(value)
 
-    @props(300)
-    @given(_any_text | st.text(_tag_chars, max_size=300))
-    def test_cleaning_is_idempotent(self, value: str) -> None:
-        """clean(clean(x)) == clean(x): a trust policy built from cleaned values matches."""
-        once = clean_tag_value(value)
-        assert clean_tag_value(once) == once
+    @props(400)
+    @given(_colliding_tag_values(), st.sampled_from(["ref", "branch", "step", "image_tag"]))
+    @example(("refs/heads/release!1", "refs/heads/release#1"), "ref")
+    @example(("refs/heads/release?1", "refs/heads/release_1"), "ref")
+    @example(("a" * 256 + "b", "a" * 256 + "c"), "ref")
+    def test_no_two_claim_values_give_one_session_tag(
+        self, values: tuple[str, str], claim: str
+    ) -> None:
+        """Over AWS's refused characters (and past 256 characters): two different claim
+        values never produce the same tag value, and every value that gets a tag appears in it
+        verbatim; a value that cannot is refused with a 400 naming the claim. The trust-policy
+        builder writes exactly the same: a value verbatim, or a refusal."""
+        tags = []
+        for value in values:
+            claims = {claim: value}
+            try:
+                tag = session_tags(claims, [claim])["principal_tags"][claim]
+            except InvalidRequest as exc:
+                assert exc.status == 400 and repr(claim) in exc.description
+                assert not aws_accepts_tag_value(value)
+                if "*" not in value and "?" not in value:  # in a pattern those are wildcards
+                    with pytest.raises(TrustPolicyError):
+                        tag_pattern(value, claim)
+                continue
+            assert tag == [value] and aws_accepts_tag_value(value)
+            assert tag_pattern(value, claim) == value
+            tags.append(tag[0])
+        assert len(tags) == len(set(tags)) or values[0] == values[1]
 
     @props(300)
     @given(st.text(_tag_chars, max_size=TAG_VALUE_MAX))
@@ -730,7 +787,7 @@ class TestSessionTags:
     @example("\u3000\u2028\u00b2\u0661")  # ideographic space, line separator, ², Arabic 1
     def test_a_value_aws_already_accepts_is_unchanged(self, value: str) -> None:
         """A value already within AWS's rules passes through untouched."""
-        assert clean_tag_value(value) == value
+        assert verbatim_tag_value(value) == value
 
     @props(300)
     @given(

@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from idp.aws.tags import TAG_KEY_PATTERN, clean_tag_value
+from idp.aws.errors import TrustPolicyError
+from idp.aws.tags import TAG_KEY_PATTERN, verbatim_tag_value
 from idp.aws.trust_policy import IssuerShape, Wanted, build_trust_policy
 from idp.cli import main
 from idp.errors import IdpError
@@ -82,7 +83,7 @@ def aws_allows(
 ) -> bool:
     context = {f"{URL}:aud": audience, f"{URL}:sub": make_sub(claims, subject_claims)}
     for key in session_tags:
-        context[f"aws:RequestTag/{key}"] = clean_tag_value(claims[key])
+        context[f"aws:RequestTag/{key}"] = verbatim_tag_value(claims[key])
     actions = ["sts:AssumeRoleWithWebIdentity"] + (["sts:TagSession"] if session_tags else [])
     statements = policy["Statement"]
     for action in actions:
@@ -339,6 +340,32 @@ GOLDEN_CASES = {
 }
 
 
+def test_trust_policy_refuses_a_tag_value_it_cannot_write_verbatim(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The issue's command wrote `aws:RequestTag/ref = refs/heads/release_1`, which the
+    branches release!1, release#1 and release?1 all met."""
+    code, out, err = run_cli(
+        capsys,
+        "aws",
+        "trust-policy",
+        "--provider-arn",
+        PROVIDER,
+        "--repo",
+        "octo-org/octo-repo",
+        "--subject-claims",
+        "repo",
+        "--session-tags",
+        "ref",
+        "--ref",
+        "refs/heads/release!1",
+    )
+    assert code == 1 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("idp: error: --ref 'refs/heads/release!1'")
+    assert "release_1" not in err
+
+
 def check_golden(name: str, text: str) -> None:
     path = GOLDEN / name
     if os.environ.get("UPDATE_GOLDEN"):
@@ -538,27 +565,47 @@ def test_image_patterns(image: str, expected: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "cleaned"),
+    "value",
     [
-        ("octo-org/octo-repo", "octo-org/octo-repo"),
-        ("registry:5000/team/app", "registry:5000/team/app"),
-        ("a b_c.d:e/f=g+h-i@j", "a b_c.d:e/f=g+h-i@j"),
-        ("café\u00a0ü", "café\u00a0ü"),  # Unicode letters and spaces are allowed
-        ("refs/heads/feat#1", "refs/heads/feat_1"),
-        ("tab\there", "tab_here"),
-        ("$(x)*?", "__x___"),
-        ("x" * 300, "x" * 256),
+        "octo-org/octo-repo",
+        "registry:5000/team/app",
+        "a b_c.d:e/f=g+h-i@j",
+        "café\u00a0ü",  # Unicode letters and spaces are allowed
+        "x" * 256,
     ],
 )
-def test_clean_tag_value(value: str, cleaned: str) -> None:
-    assert clean_tag_value(value) == cleaned
+def test_a_tag_pattern_is_written_verbatim(value: str) -> None:
+    document = policy(IssuerShape(("repo",), ("step",)), repo="o/r", claims=(("step", value),))
+    assert document["Statement"][0]["Condition"]["StringEquals"]["aws:RequestTag/step"] == value
 
 
 def test_tag_patterns_keep_their_wildcards() -> None:
-    document = policy(IssuerShape(("repo",), ("ref",)), repo="o/r", ref="refs/heads/feat#*")
+    document = policy(IssuerShape(("repo",), ("ref",)), repo="o/r", ref="refs/heads/feat-*")
     assert document["Statement"][0]["Condition"]["StringLike"]["aws:RequestTag/ref"] == (
-        "refs/heads/feat_*"
+        "refs/heads/feat-*"
     )
+
+
+@pytest.mark.parametrize(
+    ("wanted", "flag", "problem"),
+    [
+        # The issue's example: it wrote `refs/heads/release_1`, which three branches satisfied.
+        ({"ref": "refs/heads/release!1"}, "--ref", "'!'"),
+        ({"ref": "refs/heads/feat#*"}, "--ref", "'#'"),
+        ({"claims": (("step", "build & push"),)}, "--claim step", "'&'"),
+        ({"claims": (("step", "x" * 257),)}, "--claim step", "over 256 characters"),
+        ({"claims": (("step", "x" * 250 + "???????"),)}, "--claim step", "over 256 characters"),
+    ],
+)
+def test_a_tag_condition_no_token_could_meet_verbatim_is_refused(
+    wanted: dict[str, Any], flag: str, problem: str
+) -> None:
+    shape = IssuerShape(("repo",), ("ref", "step"))
+    with pytest.raises(TrustPolicyError) as info:
+        build_trust_policy(PROVIDER, Wanted(repo="o/r", **wanted), shape)
+    message = info.value.description
+    assert message.startswith(flag) and problem in message and "\n" not in message
+    assert "IDP_SUBJECT_CLAIMS" in message
 
 
 @pytest.mark.parametrize(
