@@ -16,7 +16,9 @@ Settings chosen for this workload (see README "Deploying" and bench/README.md "W
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import tempfile
 from typing import Any
 
@@ -89,6 +91,33 @@ def _prepare_metrics_dir() -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="idp-metrics-")
 
 
+def _check_bind(host: str, port: int) -> None:
+    """Fail in one line when the address cannot be bound, before gunicorn retries it for
+    seconds and logs a line per attempt."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise click.UsageError(
+            f"--host {host!r} is not an address to listen on ({exc.strerror})"
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As gunicorn binds: SO_REUSEADDR, so a port in TIME_WAIT is not taken for busy.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise click.ClickException(
+                    f"port {port} on {host} is already in use: stop the process listening "
+                    "there, or pass another --port (IDP_PORT)"
+                ) from None
+            raise click.ClickException(
+                f"cannot listen on {host}:{port} ({exc.strerror}): pick another --host or "
+                "--port (ports below 1024 need privileges)"
+            ) from None
+
+
 @click.command()
 @click.option("--host", envvar="IDP_HOST", default="127.0.0.1", help="Address to listen on.")
 @click.option(
@@ -109,6 +138,7 @@ def _prepare_metrics_dir() -> None:
 def serve(host: str, port: int, workers: int) -> None:
     """Run the issuer (gunicorn) with the settings from the IDP_* environment."""
     settings = load_settings()
+    _check_bind(host, port)
     _prepare_metrics_dir()
     configure_logging(settings.log_format)
     ring = KeyRing(settings, create_store(settings))

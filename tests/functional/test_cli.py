@@ -96,3 +96,14 @@ def test_rotate_prints_times_as_keys_list_does(tmp_path) -> None:  # type: ignor
     assert result.returncode == 0, result
     assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", result.stdout), result.stdout
     assert not re.search(r"\b1\d{9}\b", result.stdout), result.stdout
+
+
+def test_a_port_in_use_is_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = idp("serve", "--port", port, IDP_KEYS_DIR=str(tmp_path / "keys"))
+    one_line_error(result, f"port {port} on 127.0.0.1 is already in use", "--port")
