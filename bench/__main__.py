@@ -263,6 +263,17 @@ def main(argv: list[str] | None = None) -> int:
     paths = report.write(results, out)
     print(report.markdown(results))
     _say("written: " + ", ".join(str(p) for p in paths.values()))
+    missed = report.missed(results)
+    unjudged = [t for t in report.targets(results) if not t.judged and t.met is not None]
+    if unjudged:
+        _say(
+            f"busy machine, not judged: {len(unjudged)} timing targets rest on runs whose "
+            f"`other CPU` was above {report.BUSY} cores"
+        )
+    if missed:
+        # A regression on a quiet machine must be visible to whoever runs `make bench`.
+        _say("targets missed on a quiet run: " + "; ".join(t.name for t in missed))
+        return 1
     return 0
 
 

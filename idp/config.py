@@ -12,7 +12,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -49,12 +49,43 @@ CONTEXT_CLAIMS = (
 )
 
 DEFAULT_ISSUER = "http://127.0.0.1:8080/_services/token"
+# The port sentinels listen on unless told otherwise (redis.io's Sentinel documentation).
+SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True)
+class SentinelSettings:
+    """Redis through Sentinel (`IDP_REDIS_SENTINELS`, `IDP_REDIS_SENTINEL_MASTER`).
+
+    What `IDP_REDIS_URL` says in one URL comes here in separate variables, since the master's
+    address is not known in advance: its ACL user and password (`IDP_REDIS_USERNAME`,
+    `IDP_REDIS_PASSWORD`), the sentinels' own (`IDP_REDIS_SENTINEL_USERNAME`,
+    `IDP_REDIS_SENTINEL_PASSWORD`), and TLS for both (`IDP_REDIS_TLS`, `IDP_REDIS_TLS_CA_FILE`).
+    """
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    tls_ca_file: Path | None = None
+
+    def describe(self) -> str:
+        hosts = ",".join(_host_port(host, port) for host, port in self.sentinels)
+        return f"redis master {self.master!r} via sentinels {hosts}"
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True)
 class Settings:
     issuer: str = DEFAULT_ISSUER
     redis_url: str | None = None
+    redis_sentinel: SentinelSettings | None = None
     keys_dir: Path = Path("keys")
     key_encryption_keys: tuple[str, ...] = ()
     ci_secrets: tuple[str, ...] = ()
@@ -77,6 +108,10 @@ class Settings:
     rate_limit_client: str | None = "60/second"
     # How many reverse proxies in front append to X-Forwarded-For (0: trust no such header).
     trusted_proxies: int = 0
+
+    @property
+    def uses_redis(self) -> bool:
+        return self.redis_url is not None or self.redis_sentinel is not None
 
     @property
     def issuer_path(self) -> str:
@@ -245,6 +280,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                 "rediss:// for TLS, or unix:///path/to/socket"
             )
 
+    sentinel = _sentinel(env)
+    if sentinel is not None and redis_url is not None:
+        raise ConfigError(
+            "IDP_REDIS_URL and IDP_REDIS_SENTINELS are both set: keep IDP_REDIS_URL for one "
+            "Redis, or IDP_REDIS_SENTINELS with IDP_REDIS_SENTINEL_MASTER for Redis through "
+            "Sentinel"
+        )
+
     kek = _secrets(env, "IDP_KEY_ENCRYPTION_KEY", "a key")
     # A CI secret is a bearer credential worth every repository's tokens: long enough that no
     # guess, online or against a digest, can find it.
@@ -281,6 +324,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(
         issuer=issuer,
         redis_url=redis_url,
+        redis_sentinel=sentinel,
         keys_dir=Path(_raw(env, "IDP_KEYS_DIR") or "keys"),
         key_encryption_keys=kek,
         ci_secrets=ci_secrets,
@@ -313,6 +357,140 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
     _check_ring_size(settings)
     return settings
+
+
+_SENTINEL_EXAMPLE = "sentinel-0.example.com:26379,sentinel-1.example.com:26379"
+# A DNS name or an IPv4 address; IPv6 goes in brackets ([fd00::1]:26379).
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,252})")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _sentinel_address(entry: str) -> tuple[str, int]:
+    bad = ConfigError(
+        f"IDP_REDIS_SENTINELS entry {entry[:80]!r} is not host:port: list the sentinels as "
+        f"{_SENTINEL_EXAMPLE} (IPv6 in brackets, [fd00::1]:26379)"
+    )
+    if entry.startswith("["):
+        host, sep, rest = entry[1:].partition("]")
+        if not sep:
+            raise bad
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise bad from None
+        port_text = rest[1:] if rest.startswith(":") else None
+        if rest and port_text is None:
+            raise bad
+    else:
+        host, sep, port_text_or_empty = entry.rpartition(":")
+        if not sep:
+            host, port_text = entry, None
+        else:
+            port_text = port_text_or_empty
+        if not _HOSTNAME.fullmatch(host):
+            raise bad
+    if port_text is None:
+        return host, SENTINEL_PORT
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
+        raise bad
+    return host, int(port_text)
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = _raw(env, name)
+    if raw is None:
+        return False
+    value = raw.strip().lower()
+    if value not in _TRUE + _FALSE:
+        raise ConfigError(f"{name}={raw!r} is not a boolean: set it to true or false")
+    return value in _TRUE
+
+
+# Settings of the Redis connection that only Sentinel needs apart (IDP_REDIS_URL carries them).
+_SENTINEL_ONLY = (
+    "IDP_REDIS_USERNAME",
+    "IDP_REDIS_PASSWORD",
+    "IDP_REDIS_SENTINEL_USERNAME",
+    "IDP_REDIS_SENTINEL_PASSWORD",
+    "IDP_REDIS_TLS",
+    "IDP_REDIS_TLS_CA_FILE",
+)
+
+
+def _sentinel(env: Mapping[str, str]) -> SentinelSettings | None:
+    """`IDP_REDIS_SENTINELS` and its companions, checked together."""
+    raw = _raw(env, "IDP_REDIS_SENTINELS")
+    master = _raw(env, "IDP_REDIS_SENTINEL_MASTER")
+    if raw is None:
+        if master is not None:
+            raise ConfigError(
+                "IDP_REDIS_SENTINEL_MASTER is set but IDP_REDIS_SENTINELS is not: list the "
+                f"sentinels as {_SENTINEL_EXAMPLE}"
+            )
+        for name in _SENTINEL_ONLY:
+            if _raw(env, name) is not None:
+                raise ConfigError(
+                    f"{name} applies to Redis through Sentinel (IDP_REDIS_SENTINELS) only: "
+                    "with IDP_REDIS_URL put credentials and TLS in the URL "
+                    "(rediss://user:password@host:6380/0)"
+                )
+        return None
+    entries = [part.strip() for part in raw.split(",")]
+    if not any(entries) or any(not entry for entry in entries):
+        raise ConfigError(
+            f"IDP_REDIS_SENTINELS={raw[:120]!r} has an empty entry: list the sentinels as "
+            f"{_SENTINEL_EXAMPLE}"
+        )
+    sentinels = tuple(_sentinel_address(entry) for entry in entries)
+    if len(set(sentinels)) != len(sentinels):
+        raise ConfigError("IDP_REDIS_SENTINELS lists a sentinel twice: list each one once")
+    if master is None:
+        raise ConfigError(
+            "IDP_REDIS_SENTINELS is set but IDP_REDIS_SENTINEL_MASTER is not: set it to the "
+            "master's name in the sentinels' `sentinel monitor <name> ...` line, e.g. mymaster"
+        )
+    master = master.strip()
+    if not re.fullmatch(r"[\x21-\x7e]{1,128}", master):
+        raise ConfigError(
+            f"IDP_REDIS_SENTINEL_MASTER={master[:80]!r} is not a master name: use the name of "
+            "the sentinels' `sentinel monitor <name> ...` line (printable, no spaces)"
+        )
+    username = _raw(env, "IDP_REDIS_USERNAME")
+    password = _raw(env, "IDP_REDIS_PASSWORD")
+    sentinel_username = _raw(env, "IDP_REDIS_SENTINEL_USERNAME")
+    sentinel_password = _raw(env, "IDP_REDIS_SENTINEL_PASSWORD")
+    for user, secret in (
+        ("IDP_REDIS_USERNAME", password),
+        ("IDP_REDIS_SENTINEL_USERNAME", sentinel_password),
+    ):
+        if _raw(env, user) is not None and secret is None:
+            pair = user.replace("USERNAME", "PASSWORD")
+            raise ConfigError(f"{user} is set but {pair} is not: an ACL user needs its password")
+    ca_raw = _raw(env, "IDP_REDIS_TLS_CA_FILE")
+    tls = _flag(env, "IDP_REDIS_TLS")
+    ca_file = Path(ca_raw.strip()) if ca_raw is not None else None
+    if ca_file is not None:
+        if not tls:
+            raise ConfigError(
+                "IDP_REDIS_TLS_CA_FILE is set but IDP_REDIS_TLS is not true: set "
+                "IDP_REDIS_TLS=true, or drop the CA file"
+            )
+        if not ca_file.is_file() or not os.access(ca_file, os.R_OK):
+            raise ConfigError(
+                f"IDP_REDIS_TLS_CA_FILE={str(ca_file)!r} is not a readable file: point it at the "
+                "PEM bundle of the CA that signed the Redis and Sentinel certificates"
+            )
+    return SentinelSettings(
+        sentinels=sentinels,
+        master=master,
+        username=username.strip() if username else None,
+        password=password,
+        sentinel_username=sentinel_username.strip() if sentinel_username else None,
+        sentinel_password=sentinel_password,
+        tls=tls,
+        tls_ca_file=ca_file,
+    )
 
 
 def _non_negative_int(

@@ -79,6 +79,10 @@ _metrics: Metrics | None = None
 # gthread workers serve several requests at once: two first requests must not both register
 # the metrics (prometheus_client refuses a duplicate, which answered 500).
 _metrics_lock = threading.Lock()
+# The children of labelled counters, by label values: `labels()` takes the metric's lock and
+# builds a tuple key on every call; a plain dict lookup does not (races only duplicate a
+# lookup, never a sample: the child is the same object).
+_id_token_children: dict[tuple[str, str], Any] = {}
 
 
 def metrics() -> Metrics:
@@ -90,7 +94,19 @@ def metrics() -> Metrics:
     return _metrics
 
 
+def count_id_token(audience: str, outcome: str) -> None:
+    """`metrics().id_tokens.labels(audience, outcome).inc()`, without the lookup's lock."""
+    child = _id_token_children.get((audience, outcome))
+    if child is None:
+        child = _id_token_children[(audience, outcome)] = metrics().id_tokens.labels(
+            audience, outcome
+        )
+    child.inc()
+
+
 audit_log = logging.getLogger("idp.audit")
+# One encoder for every audit line (json.dumps builds one per call when given options).
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 def audience_label(audience: str, allowed: tuple[str, ...] | None) -> str:
@@ -118,8 +134,11 @@ def render_metrics() -> tuple[bytes, str]:
 
 
 def audit(outcome: str, **fields: Any) -> None:
+    # Serialized once, here; the handlers print the line as is (JsonFormatter too).
+    if not audit_log.isEnabledFor(logging.INFO):
+        return
     record = {"event": "id_token", "outcome": outcome, "time": round(time.time(), 3), **fields}
-    audit_log.info(json.dumps(record, separators=(",", ":"), default=str))
+    audit_log.info(_encode(record))
 
 
 class JsonFormatter(logging.Formatter):

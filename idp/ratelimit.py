@@ -1,4 +1,4 @@
-"""Rate limits, counted by the `limits` library in the issuer's Redis, shared by every replica.
+"""Rate limits, counted by the key store (in Redis, shared by every replica), never around it.
 
 Three budgets (README "Security"), each a `limits` string or off:
 - `IDP_RATE_LIMIT_CI`     per CI secret, on `POST /request-tokens` and `DELETE /builds/<id>`;
@@ -11,14 +11,15 @@ credential never gets a fresh budget of its own.
 
 The views call these checks where they know who is asking (after the CI secret or the request
 token is checked), so the budget follows the credential and nothing runs on requests that no
-budget covers. The exchange's count rides in the same Redis pipeline as its closed-build check:
-one round trip per minted token.
+budget covers. Every count goes through `Store.count_and_check`, which for the exchange also
+answers whether its build is closed: one round trip per minted token.
 
-Counters use `limits`' sliding-window-counter strategy: one Redis script per hit, no burst of
-twice the limit at a window's edge. If Redis is unreachable, each worker counts in its own memory
-until Redis answers again: limits stay on, per worker, rather than failing open or refusing every
-token while the key ring keeps serving. Without Redis (the embedded file store) every worker
-counts in its own memory: a budget then holds per worker.
+Counters are sliding-window counters (`idp.store.counters`; in Redis the store's own Lua script):
+no burst of twice the limit at a window's edge. If Redis is unreachable, the store counts in this
+worker's memory until Redis answers again: limits stay on, per worker, rather than failing open
+or refusing every token while the key ring keeps serving. Without Redis (the embedded file store)
+every worker counts in its own memory: a budget then holds per worker. `limits` only reads the
+`COUNT/PERIOD` notation of the settings.
 
 Discovery, JWKS and the OpenAPI document are limited per address by each worker in memory, never
 in Redis: they are served from memory, a shared counter would cost more than the answer, and AWS
@@ -30,43 +31,35 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import logging
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flask import Flask, current_app, request
 from limits import RateLimitItem, parse_many
-from limits.storage import MemoryStorage, RedisStorage
-from limits.strategies import SlidingWindowCounterRateLimiter
-from redis.exceptions import NoScriptError, RedisError
 
 from idp.config import Settings
 from idp.errors import IdpError
 from idp.observability import metrics
-from idp.store import Store
-from idp.store.redis_store import RedisStore
+from idp.store import Budget, Store
+from idp.store.counters import MemoryCounters
 
-log = logging.getLogger(__name__)
-
-# The counters' Redis keys, beside the rest of the issuer's keys.
+# Where the store keeps the counters (`idp:limits:<budget>` in Redis), beside its other keys.
 KEY_PREFIX = "idp:limits"
 # HKDF's label for the key that names CI secrets' budgets (no other key is derived with it).
 NAME_KEY_INFO = b"idp rate-limit budget names v1"
-# After a Redis failure, count in memory for this long before trying Redis again.
-BACKOFF = 2.0
 
 
 class RateLimited(IdpError):
     code = "rate_limited"
     status = 429
 
-    def __init__(self, item: RateLimitItem, retry_after: int) -> None:
+    def __init__(self, limit: Limit, retry_after: int) -> None:
         super().__init__(
-            f"too many requests: this issuer allows {item}; retry after {retry_after} s, "
+            f"too many requests: this issuer allows {limit.text}; retry after {retry_after} s, "
             "or ask its operator to raise IDP_RATE_LIMIT_*"
         )
         self.retry_after = retry_after
@@ -102,33 +95,37 @@ def secret_name(secret: str, key: bytes) -> str:
     return hmac.new(key, secret.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def _items(spec: str | None) -> tuple[RateLimitItem, ...]:
-    return tuple(parse_many(spec)) if spec else ()
+@dataclass(frozen=True)
+class Limit:
+    """One configured limit: `amount` hits per `window` seconds."""
+
+    amount: int
+    window: int
+    text: str  # as `limits` writes it, for the 429's description: "30 per 1 minute"
+
+    def budget(self, scope: str, key: str) -> Budget:
+        return Budget.of(scope, key, self.amount, self.window)
+
+
+def _limits(spec: str | None) -> tuple[Limit, ...]:
+    items: list[RateLimitItem] = parse_many(spec) if spec else []
+    return tuple(Limit(item.amount, item.get_expiry(), str(item)) for item in items)
 
 
 class RateLimits:
     """The issuer's budgets and where they are counted."""
 
     def __init__(self, settings: Settings, store: Store) -> None:
-        self.ci_items = _items(settings.rate_limit_ci)
-        self.step_items = _items(settings.rate_limit_step)
-        self.client_items = _items(settings.rate_limit_client)
+        self.store = store
         self.name_key = name_key(settings)
-        # Per worker, in memory: the public documents always; everything while Redis is down;
-        # everything when there is no Redis.
-        self.memory = SlidingWindowCounterRateLimiter(MemoryStorage())
-        self.redis_store = store if isinstance(store, RedisStore) else None
-        self.shared: SlidingWindowCounterRateLimiter | None = None
-        self.storage: RedisStorage | None = None
-        if self.redis_store is not None:
-            # The store's fast client's connections: the same short timeouts as the rest of
-            # the request path, and no second pool per worker.
-            self.storage = RedisStorage(
-                "redis://", connection_pool=self.redis_store.hot.connection_pool,
-                key_prefix=KEY_PREFIX,
-            )  # fmt: skip
-            self.shared = SlidingWindowCounterRateLimiter(self.storage)
-        self._down_until = 0.0
+        self.ci_items = _limits(settings.rate_limit_ci)
+        self.step_items = _limits(settings.rate_limit_step)
+        self.client_items = _limits(settings.rate_limit_client)
+        # The public documents' budget, always in this worker's memory.
+        self.memory = MemoryCounters()
+        # The prometheus child per budget, looked up once (labels() takes a lock each time);
+        # filled on first use, after `idp serve` has chosen the metrics' storage.
+        self._refusals: dict[str, Any] = {}
 
     # --- the budgets ----------------------------------------------------------------------
 
@@ -145,34 +142,11 @@ class RateLimits:
 
     def step_and_closed(self, jti: str, build_id: str, store: Store) -> bool:
         """Count an exchange against its request token's budget, and say whether its build
-        is closed: with Redis, both in one pipelined round trip."""
-        if not self.step_items:
-            return store.is_build_closed(build_id)
-        if self.redis_store is None or not self._redis_up():
-            closed = store.is_build_closed(build_id)
-            self._hit(self.step_items, "step", jti, "step", shared=False)
-            return closed
-        try:
-            closed, results = self.redis_store.is_build_closed_with(
-                build_id, lambda pipe: self._queue_hits(pipe, "step", jti)
-            )
-        except NoScriptError:
-            assert self.storage is not None
-            self.storage.lua_acquire_sliding_window.registered_client.script_load(
-                self.storage.lua_acquire_sliding_window.script
-            )
-            closed, results = self.redis_store.is_build_closed_with(
-                build_id, lambda pipe: self._queue_hits(pipe, "step", jti)
-            )
-        if results is None:  # Redis failed: the store answered from its mirror
-            self._redis_failed()
-            self._hit(self.step_items, "step", jti, "step", shared=False)
-            return closed
-        counted = list(zip(self.step_items, (bool(r) for r in results), strict=True))
-        for item, acquired in counted:
-            if not acquired:
-                self._refuse(item, ("step", jti), "step", shared=True)
-        return closed
+        is closed: one call to the store, one round trip with Redis."""
+        budgets = [item.budget("step", jti) for item in self.step_items]
+        counted = store.count_and_check(budgets, build_id)
+        self._check(self.step_items, counted.retry_after, "step")
+        return counted.closed
 
     def client(self, scope: str) -> None:
         """Count a request on a route with no credential, against the address, in Redis."""
@@ -184,79 +158,33 @@ class RateLimits:
         if not self.client_items:
             return view
         scope = view.__name__
+        items = self.client_items
 
         @functools.wraps(view)
         def limited(*args: Any, **kwargs: Any) -> Any:
-            self._hit(self.client_items, scope, client_address(), "client", shared=False)
+            address = client_address()
+            waits = self.memory.hit([i.budget(scope, address) for i in items], time.time())
+            self._check(items, waits, "client")
             return view(*args, **kwargs)
 
         return limited
 
     # --- counting -------------------------------------------------------------------------
 
-    def _limiter(self, shared: bool) -> SlidingWindowCounterRateLimiter:
-        if shared and self.shared is not None and self._redis_up():
-            return self.shared
-        return self.memory
+    def _hit(self, items: tuple[Limit, ...], scope: str, key: str, budget: str) -> None:
+        if not items:
+            return
+        counted = self.store.count_and_check([item.budget(scope, key) for item in items])
+        self._check(items, counted.retry_after, budget)
 
-    def _hit(
-        self,
-        items: Sequence[RateLimitItem],
-        scope: str,
-        key: str,
-        budget: str,
-        shared: bool = True,
-    ) -> None:
-        for item in items:
-            limiter = self._limiter(shared)
-            try:
-                acquired = limiter.hit(item, scope, key)
-            except RedisError:
-                self._redis_failed()
-                limiter = self.memory
-                acquired = limiter.hit(item, scope, key)
-            if not acquired:
-                self._refuse(item, (scope, key), budget, shared=limiter is not self.memory)
-
-    def _queue_hits(self, pipe: Any, scope: str, key: str) -> None:
-        # Exactly what `limits`' RedisStorage.acquire_sliding_window_entry sends, queued on
-        # the store's pipeline instead of sent alone (tests/functional/test_rate_limits.py
-        # checks that the library reads back what this writes).
-        storage = self.storage
-        assert storage is not None
-        for item in self.step_items:
-            name = item.key_for(scope, key)
-            keys = [
-                storage.prefixed_key(storage._previous_window_key(name)),
-                storage.prefixed_key(storage._current_window_key(name)),
-            ]
-            # EVALSHA by hand: through redis-py's Script, every pipeline would first ask
-            # SCRIPT EXISTS, a round trip of its own. A Redis that lost the script (restarted)
-            # answers NOSCRIPT; step_and_closed then loads it and sends the pipeline again.
-            pipe.evalsha(
-                storage.lua_acquire_sliding_window.sha, 2, *keys, item.amount, item.get_expiry(), 1
-            )
-
-    def _refuse(
-        self, item: RateLimitItem, identifiers: tuple[str, str], budget: str, shared: bool
-    ) -> None:
-        limiter = self.shared if shared and self.shared is not None else self.memory
-        try:
-            reset = limiter.get_window_stats(item, *identifiers).reset_time
-        except RedisError:
-            reset = time.time() + item.get_expiry()
-        window = item.get_expiry()
-        retry_after = min(window, max(1, math.ceil(reset - time.time())))
-        metrics().rate_limited.labels(budget).inc()
-        raise RateLimited(item, retry_after)
-
-    def _redis_up(self) -> bool:
-        return time.monotonic() >= self._down_until
-
-    def _redis_failed(self) -> None:
-        if self._redis_up():
-            log.warning("Redis unreachable: counting rate limits in this worker's memory")
-        self._down_until = time.monotonic() + BACKOFF
+    def _check(self, items: tuple[Limit, ...], waits: tuple[int, ...], budget: str) -> None:
+        for item, wait in zip(items, waits, strict=True):
+            if wait:
+                counter = self._refusals.get(budget)
+                if counter is None:
+                    counter = self._refusals[budget] = metrics().rate_limited.labels(budget)
+                counter.inc()
+                raise RateLimited(item, wait)
 
 
 def init_app(app: Flask, settings: Settings, store: Store) -> RateLimits:

@@ -83,6 +83,7 @@ app.kubernetes.io/component: redis
 {{- define "idp.redisMode" -}}
 {{- if .Values.redis.existingSecret -}}existingSecret
 {{- else if .Values.redis.url -}}url
+{{- else if .Values.redis.sentinels -}}sentinel
 {{- else if .Values.redis.bundled.enabled -}}bundled
 {{- else -}}none
 {{- end -}}
@@ -157,10 +158,21 @@ nothing, so there they are generated anew (see README, GitOps).
 {{- if and .Values.redis.url .Values.redis.existingSecret -}}
 {{- fail "redis.url and redis.existingSecret are both set: keep one (existingSecret for a URL with a password)" -}}
 {{- end -}}
+{{- if and .Values.redis.sentinels (or .Values.redis.url .Values.redis.existingSecret) -}}
+{{- fail "redis.sentinels and redis.url (or redis.existingSecret) are both set: keep redis.sentinels with redis.sentinelMaster for Sentinel, or the URL for one Redis" -}}
+{{- end -}}
+{{- if and .Values.redis.sentinels (not .Values.redis.sentinelMaster) -}}
+{{- fail "redis.sentinels is set but redis.sentinelMaster is not: set it to the master's name in the sentinels' `sentinel monitor <name> ...` line, e.g. mymaster" -}}
+{{- end -}}
+{{- range $entry := .Values.redis.sentinels -}}
+{{- if not (regexMatch "^([A-Za-z0-9][A-Za-z0-9._-]*|\\[[0-9A-Fa-f:]+\\])(:[0-9]{1,5})?$" (toString $entry)) -}}
+{{- fail (printf "redis.sentinels entry %q is not host:port: list them as sentinel-0.example.com:26379" (toString $entry)) -}}
+{{- end -}}
+{{- end -}}
 {{- $max := int (include "idp.maxReplicas" .) -}}
 {{- if and (gt $max 1) (eq (include "idp.redisMode" .) "none") -}}
 {{- $setting := ternary (printf "autoscaling.maxReplicas=%d" $max) (printf "replicaCount=%d" $max) .Values.autoscaling.enabled -}}
-{{- fail (printf "%s needs Redis: replicas cannot share the file key store. Set redis.url (or redis.existingSecret) to a shared Redis, or redis.bundled.enabled=true, or run one replica" $setting) -}}
+{{- fail (printf "%s needs Redis: replicas cannot share the file key store. Set redis.url (or redis.existingSecret) to a shared Redis, or redis.sentinels, or redis.bundled.enabled=true, or run one replica" $setting) -}}
 {{- end -}}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
 {{- fail (printf "autoscaling.minReplicas=%d is above autoscaling.maxReplicas=%d: lower it" (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
@@ -176,7 +188,7 @@ nothing, so there they are generated anew (see README, GitOps).
 {{- end -}}
 {{- end -}}
 {{- range $name, $_ := .Values.config.extra -}}
-{{- if or (hasPrefix "IDP_CI_SECRET" $name) (hasPrefix "IDP_KEY_ENCRYPTION_KEY" $name) (hasPrefix "IDP_REDIS_URL" $name) -}}
+{{- if or (hasPrefix "IDP_CI_SECRET" $name) (hasPrefix "IDP_KEY_ENCRYPTION_KEY" $name) (hasPrefix "IDP_REDIS_URL" $name) (hasPrefix "IDP_REDIS_PASSWORD" $name) (hasPrefix "IDP_REDIS_SENTINEL_PASSWORD" $name) -}}
 {{- fail (printf "config.extra.%s would put a secret in the ConfigMap: use secrets.* or redis.* instead" $name) -}}
 {{- end -}}
 {{- end -}}

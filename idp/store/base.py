@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from idp.errors import Unavailable
@@ -15,6 +16,32 @@ LEGACY_EPOCH = "legacy"
 
 class StoreUnavailable(Unavailable):
     """The backend cannot be reached; callers keep serving from what they cached."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One rate-limit budget of one caller: at most `limit` hits per `window` seconds.
+
+    `name` identifies the counter (scope, the caller's digest or address, the limit and the
+    window, ending in "/<window>"); it never holds a secret, for it becomes a Redis key.
+    """
+
+    name: str
+    limit: int
+    window: int
+
+    @classmethod
+    def of(cls, scope: str, key: str, limit: int, window: int) -> Budget:
+        return cls(f"{scope}/{key}/{limit}/{window}", limit, window)
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What `Store.count_and_check` found."""
+
+    closed: bool  # the build is closed (False when no build was asked about)
+    retry_after: tuple[int, ...]  # per budget: 0 when the hit fitted, else seconds to wait
+    shared: bool  # counted where every replica counts (False: in this worker's memory)
 
 
 class Store(Protocol):
@@ -49,6 +76,15 @@ class Store(Protocol):
         ...
 
     def is_build_closed(self, build_id: str) -> bool: ...
+
+    def count_and_check(self, budgets: Sequence[Budget], build_id: str | None = None) -> Counted:
+        """Count one hit against each budget and say whether `build_id` is closed, in one
+        round trip to the backend at most (the token exchange's only one).
+
+        Never raises for an unreachable backend: it then counts in this worker's memory and
+        answers the build check from what it mirrors (`shared` is False).
+        """
+        ...
 
     @property
     def epoch(self) -> str:

@@ -14,12 +14,13 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from idp.config import Settings
 from idp.errors import ConfigError, InvalidToken, RingRefused
-from idp.store.base import LEGACY_EPOCH, RingJson
+from idp.store.base import LEGACY_EPOCH, Budget, Counted, RingJson
+from idp.store.counters import MemoryCounters
 
 RING_FILE = "ring.json"
 # Files do not forget: the folder has one life, for as long as it exists.
@@ -34,6 +35,9 @@ class FileStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._closed = root / "closed-builds"
+        # Files are no place for a counter touched on every request: each worker counts its
+        # own budgets (README "Security": without Redis, a budget holds per worker).
+        self._counters = MemoryCounters()
 
     @classmethod
     def create(cls, settings: Settings) -> FileStore:
@@ -142,6 +146,11 @@ class FileStore:
 
     def is_build_closed(self, build_id: str) -> bool:
         return self._build_path(build_id).exists()
+
+    def count_and_check(self, budgets: Sequence[Budget], build_id: str | None = None) -> Counted:
+        waits = self._counters.hit(list(budgets), time.time()) if budgets else ()
+        closed = build_id is not None and self.is_build_closed(build_id)
+        return Counted(closed=closed, retry_after=waits, shared=False)
 
     def check_build_state(self, epoch: str) -> None:
         if epoch not in (EPOCH, LEGACY_EPOCH):

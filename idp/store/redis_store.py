@@ -1,4 +1,5 @@
-"""The shared store: one Redis for every replica (`IDP_REDIS_URL`).
+"""The shared store: one Redis for every replica (`IDP_REDIS_URL`), or the master a set of
+sentinels names (`IDP_REDIS_SENTINELS`, `IDP_REDIS_SENTINEL_MASTER`).
 
 Layout (all keys under `idp:`):
 - `idp:ring`               the ring document (JSON; private keys sealed with the KEK)
@@ -9,6 +10,9 @@ Layout (all keys under `idp:`):
                            briefly unreachable
 - `idp:epoch`              this Redis's life: an id drawn by the first replica that finds none
 - `idp:epochs:restored`    the earlier epochs whose closures a replica has written back
+- `idp:limits:<budget>`    a rate-limit budget's sliding-window counts (hash: w, c, p), kept
+                           by a Lua script of this module (`_COUNT`, the rule of
+                           `idp.store.counters.decide`)
 
 Changes to the ring are one WATCH/MULTI transaction under the lock, so even a lock that
 expired mid-write cannot interleave two writers. Every Redis failure becomes StoreUnavailable;
@@ -25,6 +29,22 @@ Redis and every replica lose their memory together, no one can say which builds 
 the older request tokens are refused for good (README "Redis persistence"). A closure made in
 the last refresh interval before a reset reaches the other replicas when the replica that
 made it writes back, within one more refresh interval.
+
+A failover (Sentinel promoting a replica) keeps `idp:epoch`, so no reset is seen; but writes
+the old master took just before it died may not have reached the replica. For the ring, the
+replicas' merge by content restores lost keys (keyring.py). For closures, every sync compares
+how many unexpired closures Redis holds (`ZCOUNT`, one more command in the same round trip)
+with how many this replica mirrors; when they differ, it reads them all and writes back the
+ones Redis lacks. The same covers a restore of an older backup and closures a skewed clock
+placed below what this replica had read.
+
+Following a failover: both clients connect through redis-py's SentinelConnectionPool, which
+asks the sentinels for the master on every new connection and drops idle connections when
+the answer changes. A failed request leaves its connection closed; the background client
+retries once on a new connection (which asks the sentinels again), and the request path,
+after a failure, answers from memory for BACKOFF seconds and then connects anew: neither
+keeps talking to a dead master. While the sentinels still name the dead master, connecting
+to it fails fast and the answer is the same "unreachable".
 """
 
 from __future__ import annotations
@@ -34,7 +54,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import redis
@@ -42,10 +62,12 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, WatchError
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
-from idp.config import Settings
+from idp.config import SentinelSettings, Settings
 from idp.errors import ConfigError, InvalidToken, RingRefused, Unavailable
-from idp.store.base import LEGACY_EPOCH, RingJson, StoreUnavailable
+from idp.store.base import LEGACY_EPOCH, Budget, Counted, RingJson, StoreUnavailable
+from idp.store.counters import MemoryCounters
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +77,63 @@ CLOSED = "idp:build:closed:"
 CLOSED_SET = "idp:builds:closed"
 EPOCH = "idp:epoch"
 RESTORED = "idp:epochs:restored"
+LIMITS = "idp:limits:"
 # Only spares the others duplicate key generation: the WATCH transaction keeps writes
 # atomic even if the lock expires, so it can be short.
 LOCK_MS = 5_000
 # After a failure, the hot path skips Redis for this long instead of waiting on a timeout.
 BACKOFF = 2.0
 
+# Timeouts of the background client (may wait on a slow Redis) and of the request path (gives
+# up fast and answers from memory), in seconds: (reply, connect).
+BACKGROUND_TIMEOUTS = (5.0, 2.0)
+HOT_TIMEOUTS = (0.5, 0.5)
+
 # Delete the lock only if it is still ours (it may have expired and been taken by another).
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
+"""
+
+# One hit against each budget: KEYS[i] is budget i's hash, ARGV = now, then limit and window
+# of each budget. Returns, per budget, 0 (counted) or whole seconds to wait. The same rule as
+# idp.store.counters.decide and retry_after, which tests/functional/test_rate_limits.py checks.
+_COUNT = """
+local now = tonumber(ARGV[1])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[2 * i])
+  local window = tonumber(ARGV[2 * i + 1])
+  local index = math.floor(now / window)
+  local current, previous = 0, 0
+  local kept = redis.call('HMGET', key, 'w', 'c', 'p')
+  local kept_index = tonumber(kept[1])
+  if kept_index ~= nil then
+    if kept_index == index then
+      current, previous = tonumber(kept[2]) or 0, tonumber(kept[3]) or 0
+    elseif kept_index == index - 1 then
+      previous = tonumber(kept[2]) or 0
+    elseif kept_index > index then
+      index, current, previous = kept_index, tonumber(kept[2]) or 0, tonumber(kept[3]) or 0
+    end
+  end
+  local elapsed = math.min(window, math.max(0, now - index * window))
+  local weighted = previous * (window - elapsed) / window + current
+  if weighted + 1 > limit then
+    local wait
+    if current + 1 > limit then
+      wait = (window - elapsed) + math.max(0, window * (1 - (limit - 1) / current))
+    else
+      wait = (window - elapsed) - window * (limit - current - 1) / previous
+    end
+    out[i] = math.min(window, math.max(1, math.ceil(wait)))
+  else
+    redis.call('HSET', key, 'w', index, 'c', current + 1, 'p', previous)
+    redis.call('EXPIRE', key, 2 * window + 1)
+    out[i] = 0
+  end
+end
+return out
 """
 
 
@@ -74,13 +143,14 @@ class RedisStore:
     volatile = True
 
     def __init__(
-        self, client: redis.Redis, hot: redis.Redis, url: str, settle: float = 5.0
+        self, client: redis.Redis, hot: redis.Redis, where: str, settle: float = 5.0
     ) -> None:
         # Two clients: the background refresher may wait a few seconds on a slow Redis;
         # the request path (is this build closed?) gives up fast and uses the mirror.
         self.client = client
         self.hot = hot
-        self.url = url
+        self.where = where  # for logs: never a password
+        self.clock = time.time
         # How long after a new epoch appears every live replica has written back its state.
         self.settle = settle
         self._release = client.register_script(_RELEASE)
@@ -91,13 +161,17 @@ class RedisStore:
         self._epoch: tuple[str, float] | None = None  # (id, created_at) as last synced
         self._restored: frozenset[str] = frozenset()
         self._pending: dict[str, float] = {}  # closures made while Redis failed
+        # Budgets counted while Redis cannot be: in this worker, until it answers again.
+        self._counters = MemoryCounters()
+        self._count = hot.register_script(_COUNT)
 
     @classmethod
     def create(cls, settings: Settings) -> RedisStore:
-        assert settings.redis_url is not None
+        sentinel = settings.redis_sentinel
+        variable = "IDP_REDIS_SENTINELS" if sentinel is not None else "IDP_REDIS_URL"
         if not settings.key_encryption_keys and not settings.is_local_development:
             raise ConfigError(
-                "IDP_REDIS_URL is set but IDP_KEY_ENCRYPTION_KEY is not: private signing keys "
+                f"{variable} is set but IDP_KEY_ENCRYPTION_KEY is not: private signing keys "
                 "would sit in Redis in the clear; set IDP_KEY_ENCRYPTION_KEY to a random secret "
                 "of 32+ characters (only a plain-http loopback issuer may skip it, for development)"
             )
@@ -106,34 +180,42 @@ class RedisStore:
                 "development mode: private keys are stored in Redis unencrypted "
                 "(set IDP_KEY_ENCRYPTION_KEY before using this issuer for real)"
             )
+        # A Redis that restarted (or a master that was replaced) leaves pooled connections
+        # dead: both clients retry once, at once, on a new connection, which through Sentinel
+        # asks the sentinels for the master again. Never redis-py's default of three retries
+        # with backoff of seconds: the request path must answer from memory instead.
+        background = {
+            "socket_timeout": BACKGROUND_TIMEOUTS[0],
+            "socket_connect_timeout": BACKGROUND_TIMEOUTS[1],
+            "health_check_interval": 10,
+            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        }
+        hot = {
+            **background,
+            "socket_timeout": HOT_TIMEOUTS[0],
+            "socket_connect_timeout": HOT_TIMEOUTS[1],
+            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        }
+        # A replica syncs every refresh interval; one more for its write-back to land.
+        settle = 2 * settings.refresh_interval + 1
+        if sentinel is not None:
+            manager = sentinel_manager(sentinel)
+            return cls(
+                manager.master_for(sentinel.master, **background),
+                manager.master_for(sentinel.master, **hot),
+                sentinel.describe(),
+                settle=settle,
+            )
+        assert settings.redis_url is not None
         try:
-            client = redis.Redis.from_url(
-                settings.redis_url,
-                socket_timeout=5.0,
-                socket_connect_timeout=2.0,
-                health_check_interval=10,
-                # A Redis that restarted leaves pooled connections dead: retry once on a new
-                # one, so the first refresh after it is back already restores the state.
-                retry=Retry(NoBackoff(), 1),
-                retry_on_error=[RedisConnectionError],
-            )
-            hot = redis.Redis.from_url(
-                settings.redis_url,
-                socket_timeout=0.5,
-                socket_connect_timeout=0.5,
-                health_check_interval=10,
-            )
+            client = redis.Redis.from_url(settings.redis_url, **background)
+            hot_client = redis.Redis.from_url(settings.redis_url, **hot)
         except ValueError as exc:
             raise ConfigError(f"IDP_REDIS_URL is not a usable Redis URL ({exc})") from None
-        # A replica syncs every refresh interval; one more for its write-back to land.
-        return cls(client, hot, settings.redis_url, settle=2 * settings.refresh_interval + 1)
+        return cls(client, hot_client, _describe_url(settings.redis_url), settle=settle)
 
     def describe(self) -> str:
-        # Never echo a password that may be in the URL.
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(self.url)
-        return f"redis {parts.hostname or parts.path}:{parts.port or 6379}"
+        return self.where
 
     def describe_ring(self) -> str:
         # No address: this reaches readiness reasons, which are public.
@@ -143,7 +225,7 @@ class RedisStore:
         self._down_until = time.monotonic() + BACKOFF
         # The address and redis-py's text go to the log only: error bodies and readiness
         # reasons are public, and need not map the operator's network.
-        log.debug("Redis at %s: %s", self.describe(), exc)
+        log.debug("Redis at %s: %s", self.where, exc)
         return StoreUnavailable(f"the key store is unreachable ({type(exc).__name__})")
 
     # --- ring -----------------------------------------------------------------------------
@@ -246,27 +328,55 @@ class RedisStore:
             log.warning("Redis unreachable; checking closed builds against the local mirror")
             return False
 
-    def is_build_closed_with(
-        self, build_id: str, queue: Callable[[Any], None]
-    ) -> tuple[bool, list[Any] | None]:
-        """`is_build_closed`, with more commands (`queue` adds them to the pipeline) sent in
-        the same round trip; their replies follow, or None if Redis could not be asked."""
-        with self._mirror_lock:
-            mirrored = build_id in self._closed
+    def count_and_check(self, budgets: Sequence[Budget], build_id: str | None = None) -> Counted:
+        """Count the budgets in Redis and check the build, in one pipelined round trip; with
+        Redis unreachable, count in this worker's memory and check the mirror."""
+        now = self.clock()
+        mirrored = False
+        if build_id is not None:
+            with self._mirror_lock:
+                mirrored = build_id in self._closed
         if time.monotonic() < self._down_until:
-            return mirrored, None
+            return self._locally(budgets, mirrored, now)
         try:
-            with self.hot.pipeline(transaction=False) as pipe:
-                pipe.exists(f"{CLOSED}{build_id}")
-                queue(pipe)
-                exists, *replies = pipe.execute()
-        except NoScriptError:
-            raise  # the caller's script is not loaded: the caller loads it and asks again
+            try:
+                exists, waits = self._send_count(budgets, build_id, now)
+            except NoScriptError:
+                # A Redis that restarted, or a replica just promoted, has no scripts: load
+                # it (once per Redis life) and send again.
+                self.hot.script_load(_COUNT)
+                exists, waits = self._send_count(budgets, build_id, now)
         except RedisError as exc:
             self._unavailable(exc)
-            log.warning("Redis unreachable; checking closed builds against the local mirror")
-            return mirrored, None
-        return mirrored or bool(exists), replies
+            log.warning(
+                "Redis unreachable: counting rate limits in this worker's memory and checking "
+                "closed builds against the local mirror"
+            )
+            return self._locally(budgets, mirrored, now)
+        return Counted(closed=mirrored or exists, retry_after=waits, shared=True)
+
+    def _send_count(
+        self, budgets: Sequence[Budget], build_id: str | None, now: float
+    ) -> tuple[bool, tuple[int, ...]]:
+        with self.hot.pipeline(transaction=False) as pipe:
+            if build_id is not None:
+                pipe.exists(f"{CLOSED}{build_id}")
+            if budgets:
+                args: list[Any] = [repr(now)]
+                for budget in budgets:
+                    args += [budget.limit, budget.window]
+                # EVALSHA by hand: redis-py's Script in a pipeline first asks SCRIPT EXISTS,
+                # a round trip of its own; a NOSCRIPT reply is handled by the caller.
+                keys = [f"{LIMITS}{budget.name}" for budget in budgets]
+                pipe.evalsha(self._count.sha, len(keys), *keys, *args)
+            replies = pipe.execute()
+        exists = bool(replies[0]) if build_id is not None else False
+        waits = tuple(int(w) for w in replies[-1]) if budgets else ()
+        return exists, waits
+
+    def _locally(self, budgets: Sequence[Budget], mirrored: bool, now: float) -> Counted:
+        waits = self._counters.hit(list(budgets), now) if budgets else ()
+        return Counted(closed=mirrored, retry_after=waits, shared=False)
 
     # --- epochs ---------------------------------------------------------------------------
 
@@ -318,14 +428,19 @@ class RedisStore:
         except RedisError as exc:
             raise self._unavailable(exc) from None
 
-    def _read_state(self, since: float) -> tuple[Any, set[str], list[tuple[str, float]]]:
-        with self.client.pipeline(transaction=False) as pipe:
+    def _read_state(
+        self, since: float, now: float
+    ) -> tuple[Any, set[str], list[tuple[str, float]], int]:
+        # One snapshot (MULTI): the count must describe the same set the rows come from.
+        with self.client.pipeline(transaction=True) as pipe:
             pipe.get(EPOCH)
             pipe.smembers(RESTORED)
             pipe.zrangebyscore(CLOSED_SET, since, "+inf", withscores=True)
-            raw, restored, rows = pipe.execute()
+            pipe.zcount(CLOSED_SET, now, "+inf")
+            raw, restored, rows, stored = pipe.execute()
         members = {m.decode() for m in restored}
-        return raw, members, [(member.decode(), float(score)) for member, score in rows]
+        closures = [(member.decode(), float(score)) for member, score in rows]
+        return raw, members, closures, int(stored)
 
     def _sync(self) -> None:
         now = time.time()
@@ -341,28 +456,57 @@ class RedisStore:
                     self._pending.pop(build_id, None)
         settling = self._epoch is None or now - self._epoch[1] < self.settle
         # While an epoch settles, read every closure: others are writing back old ones.
-        raw, restored, rows = self._read_state(0 if settling else self._closed_seen)
+        raw, restored, rows, stored = self._read_state(0 if settling else self._closed_seen, now)
         current = self._parse_epoch(raw)
         if current is None:
             if raw is not None:  # damaged by hand: as good as lost
                 self.client.delete(EPOCH)
             self._new_epoch(now)
-            raw, restored, rows = self._read_state(0)
+            raw, restored, rows, stored = self._read_state(0, now)
             current = self._parse_epoch(raw)
             if current is None:
                 raise RedisError("the epoch just written cannot be read back")
         previous = self._epoch
-        if previous is not None and previous[0] != current[0]:
+        reset = previous is not None and previous[0] != current[0]
+        if reset:
+            assert previous is not None
             self._write_back(previous[0], now)
-            raw, restored, rows = self._read_state(0)
+            raw, restored, rows, stored = self._read_state(0, now)
         with self._mirror_lock:
             for build_id, expires_at in rows:
                 self._closed[build_id] = expires_at
             if rows:
                 self._closed_seen = max(self._closed_seen, *(e for _, e in rows))
             self._closed = {k: v for k, v in self._closed.items() if v >= now}
+            mirrored = len(self._closed)
             self._restored = frozenset(restored) | self._restored
             self._epoch = current
+        if previous is not None and not reset and mirrored != stored:
+            # Same epoch, other closures: Redis lost some (a failover to a replica that had
+            # not received them) or holds some this replica never read.
+            self._reconcile_closures(now)
+
+    def _reconcile_closures(self, now: float) -> None:
+        rows = cast(
+            list[tuple[bytes, float]],
+            self.client.zrangebyscore(CLOSED_SET, now, "+inf", withscores=True),
+        )
+        stored = {member.decode(): float(score) for member, score in rows}
+        with self._mirror_lock:
+            for build_id, expires_at in stored.items():
+                self._closed[build_id] = max(expires_at, self._closed.get(build_id, 0.0))
+            missing = [(k, v) for k, v in self._closed.items() if k not in stored and v >= now]
+        if not missing:
+            return
+        with self.client.pipeline(transaction=False) as pipe:
+            for build_id, expires_at in missing:
+                self._queue_closure(pipe, build_id, expires_at)
+            pipe.execute()
+        log.warning(
+            "the key store lacked %d closed builds this replica remembers (a failover to a "
+            "replica that had not received them, or an older copy restored): wrote them back",
+            len(missing),
+        )
 
     def _new_epoch(self, now: float) -> None:
         epoch = json.dumps({"id": secrets.token_hex(8), "created_at": now})
@@ -407,3 +551,38 @@ class RedisStore:
             "remembered",
             len(closures),
         )
+
+
+def _describe_url(url: str) -> str:
+    # Never echo a password that may be in the URL.
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"redis {parts.hostname or parts.path}:{parts.port or 6379}"
+
+
+def sentinel_manager(sentinel: SentinelSettings) -> Sentinel:
+    """redis-py's Sentinel for these settings: what to ask the sentinels, and how to reach
+    the master they name."""
+    tls: dict[str, Any] = {}
+    if sentinel.tls:
+        tls = {"ssl": True, "ssl_cert_reqs": "required"}
+        if sentinel.tls_ca_file is not None:
+            tls["ssl_ca_certs"] = str(sentinel.tls_ca_file)
+    return Sentinel(
+        list(sentinel.sentinels),
+        # The sentinels are asked on every new connection, the request path's included: a
+        # dead sentinel must cost a short timeout, then the next one is asked, never a
+        # retry with backoff.
+        sentinel_kwargs={
+            "socket_timeout": HOT_TIMEOUTS[0],
+            "socket_connect_timeout": HOT_TIMEOUTS[1],
+            "retry": Retry(NoBackoff(), 0),
+            "username": sentinel.sentinel_username,
+            "password": sentinel.sentinel_password,
+            **tls,
+        },
+        username=sentinel.username,
+        password=sentinel.password,
+        **tls,
+    )

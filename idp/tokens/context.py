@@ -7,6 +7,7 @@ from the same table, so a new field cannot go untested.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -83,8 +84,9 @@ class BuildContext:
     request: str
     ttl: int | None = None
 
-    @property
+    @functools.cached_property
     def image_ref(self) -> ImageReference:
+        # Cached: claims read it on every mint, and parse_context has parsed it already.
         return parse_image(self.image)
 
     @property
@@ -178,7 +180,7 @@ def parse_context(data: object) -> BuildContext:
             "repo", "must be 'org/name' (letters, digits, '.', '_', '-'; neither part '.' or '..')"
         )
     try:
-        parse_image(values["image"])
+        image = parse_image(values["image"])
     except InvalidImageReference as exc:
         raise _bad("image", f"is not an image reference: {exc}") from None
 
@@ -187,4 +189,8 @@ def parse_context(data: object) -> BuildContext:
         isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= MAX_TTL
     ):
         raise _bad("ttl", f"must be a whole number of seconds from 1 to {MAX_TTL}")
-    return BuildContext(**values, ttl=ttl)
+    context = BuildContext(**values, ttl=ttl)
+    # The reference was parsed to validate it: keep it (cached_property's own slot), so a
+    # mint parses the image once.
+    context.__dict__["image_ref"] = image
+    return context

@@ -18,7 +18,7 @@ from flask import Blueprint, Flask, Response, jsonify, request
 
 from idp.config import Settings
 from idp.errors import Forbidden, IdpError, InvalidAudience, InvalidRequest, InvalidToken
-from idp.observability import audience_label, audit, metrics
+from idp.observability import audience_label, audit, count_id_token, metrics
 from idp.ratelimit import rate_limits
 from idp.tokens import request_tokens
 from idp.tokens.claims import id_token_claims, validate_audiences
@@ -101,7 +101,7 @@ def _exchange(settings: Settings) -> str:
         claims = id_token_claims(opened.context, audiences, settings, int(time.time()))
         token, kid = keyring().sign(claims)
     except IdpError as exc:
-        metrics().id_tokens.labels(label, exc.code).inc()
+        count_id_token(label, exc.code)
         ctx = opened.context if opened else None
         audit(
             exc.code,
@@ -113,7 +113,7 @@ def _exchange(settings: Settings) -> str:
             reason=exc.description,
         )
         raise
-    metrics().id_tokens.labels(label, "minted").inc()
+    count_id_token(label, "minted")
     metrics().mint_seconds.observe(time.perf_counter() - started)
     audit(
         "minted",

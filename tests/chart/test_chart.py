@@ -367,6 +367,61 @@ def test_a_redis_url_without_password_is_plain_configuration(tmp_path: Path) -> 
     assert load_settings(issuer_environment(rendered, tmp_path)).redis_url == url
 
 
+SENTINEL = {
+    "redis": {
+        "sentinels": ["redis-node-0.redis-headless:26379", "redis-node-1.redis-headless:26380"],
+        "sentinelMaster": "mymaster",
+        "sentinelAuth": {
+            "existingSecret": "redis",
+            "passwordKey": "redis-password",
+            "sentinelPasswordKey": "sentinel-password",
+        },
+    }
+}
+
+
+def test_sentinels_configure_the_issuer_and_no_bundled_redis(tmp_path: Path) -> None:
+    rendered = render(SENTINEL)
+    assert rendered.config["IDP_REDIS_SENTINELS"] == (
+        "redis-node-0.redis-headless:26379,redis-node-1.redis-headless:26380"
+    )
+    assert rendered.config["IDP_REDIS_SENTINEL_MASTER"] == "mymaster"
+    assert "IDP_REDIS_URL" not in rendered.config
+    assert rendered.find("Deployment", "idp-redis") is None
+    assert rendered.find("Secret", "idp-redis") is None
+    # The passwords arrive as files from the operator's Secret, never in the ConfigMap.
+    external = {("redis", "redis-password"): "pw", ("redis", "sentinel-password"): "spw"}
+    settings = load_settings(issuer_environment(rendered, tmp_path, external))
+    assert settings.redis_url is None and settings.redis_sentinel is not None
+    assert settings.redis_sentinel.sentinels == (
+        ("redis-node-0.redis-headless", 26379),
+        ("redis-node-1.redis-headless", 26380),
+    )
+    assert (settings.redis_sentinel.password, settings.redis_sentinel.sentinel_password) == (
+        "pw",
+        "spw",
+    )
+    # The issuer may reach the sentinels' ports and the master's, nothing else but DNS.
+    policy = rendered.one("NetworkPolicy", RELEASE)
+    ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert ports == {53, 6379, 26379, 26380}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"redis": {"sentinels": ["s:26379"]}}, "redis.sentinelMaster is not"),
+        (
+            {"redis": {"sentinels": ["s:26379"], "sentinelMaster": "m", "url": "redis://r"}},
+            "redis.sentinels and redis.url",
+        ),
+        ({"redis": {"sentinels": ["s 1"], "sentinelMaster": "m"}}, "is not host:port"),
+    ],
+)
+def test_bad_sentinel_values_are_refused(values: dict[str, Any], message: str) -> None:
+    assert message in render_error(values)
+
+
 def test_generated_secrets_are_long_random_and_kept_by_lookup(default_render: Rendered) -> None:
     data = default_render.secret_data(RELEASE)
     assert set(data) == {"IDP_CI_SECRET", "IDP_KEY_ENCRYPTION_KEY"}

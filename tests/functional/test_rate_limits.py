@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
 
-import jwt
 import pytest
 import requests
 
@@ -157,25 +156,36 @@ def test_ci_budget_names_are_keyed_by_the_servers_own_secret() -> None:
     assert secret_name(CI_SECRET, name_key(one)) == secret_name(CI_SECRET, name_key(one))
 
 
-def test_the_library_reads_back_what_the_pipelined_count_wrote(
-    pair: list[IssuerProcess], redis_server: RedisServer
-) -> None:
-    # The exchange queues `limits`' own script on the store's pipeline; `limits`, reading the
-    # same keys its own way, must see every hit (this breaks if the library changes its keys).
-    from limits import parse
-    from limits.storage import RedisStorage
-    from limits.strategies import SlidingWindowCounterRateLimiter
+def test_the_redis_script_counts_exactly_as_memory_does(redis_url: str) -> None:
+    # The store's Lua script and idp.store.counters.decide are one rule written twice: drive
+    # both with the same hits at the same moments (across window edges, over the limit and
+    # back) and compare every answer.
+    import random
 
-    from idp.ratelimit import KEY_PREFIX
+    from idp.config import load_settings
+    from idp.store import Budget
+    from idp.store.counters import MemoryCounters
+    from idp.store.redis_store import RedisStore
 
-    one, _ = pair
-    token = open_token(one, 751).json()["token"]
-    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
-    for _ in range(3):
-        assert exchange(one, token).status_code == 200
-    library = SlidingWindowCounterRateLimiter(RedisStorage(redis_server.url, key_prefix=KEY_PREFIX))
-    stats = library.get_window_stats(parse("4/minute"), "step", jti)
-    assert stats.remaining == 1
+    settings = load_settings(
+        {"IDP_REDIS_URL": redis_url, "IDP_KEY_ENCRYPTION_KEY": KEK, "IDP_CI_SECRET": CI_SECRET}
+    )
+    store = RedisStore.create(settings)
+    memory = MemoryCounters()
+    rng = random.Random(17)
+    budgets = [Budget.of("test", "k", 5, 10), Budget.of("test", "k", 12, 60)]
+    now = 1_800_000_000.0
+    compared = refused = 0
+    for _ in range(400):
+        now += rng.choice([0.01, 0.3, 1.7, 4.0, 9.5])
+        store.clock = lambda now=now: now  # type: ignore[misc]
+        shared = store.count_and_check(budgets)
+        assert shared.shared
+        assert shared.retry_after == memory.hit(budgets, now), now
+        compared += 1
+        refused += any(shared.retry_after)
+        assert all(0 <= w <= b.window for w, b in zip(shared.retry_after, budgets, strict=True))
+    assert compared == 400 and 50 < refused < 350, refused
 
 
 def test_a_redis_that_lost_the_counting_script_still_counts(

@@ -112,3 +112,128 @@ def test_audiences_unset_means_any_and_set_means_a_list(
 ) -> None:
     env = {} if raw is None else {"IDP_AUDIENCES": raw}
     assert load_settings(env).audiences == audiences
+
+
+SENTINELS = {"IDP_REDIS_SENTINELS": "s0.example.com:26379,10.0.0.2,[fd00::3]:26380"}
+
+
+def test_sentinels_are_parsed_with_their_master_and_credentials(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    s = load_settings(
+        {
+            **SENTINELS,
+            "IDP_REDIS_SENTINEL_MASTER": "mymaster",
+            "IDP_REDIS_USERNAME": "idp",
+            "IDP_REDIS_PASSWORD": "pw",
+            "IDP_REDIS_SENTINEL_PASSWORD": "spw",
+            "IDP_REDIS_TLS": "true",
+            "IDP_REDIS_TLS_CA_FILE": str(ca),
+        }
+    )
+    sentinel = s.redis_sentinel
+    assert sentinel is not None and s.uses_redis and s.redis_url is None
+    assert sentinel.sentinels == (
+        ("s0.example.com", 26379),
+        ("10.0.0.2", 26379),
+        ("fd00::3", 26380),
+    )
+    assert (sentinel.master, sentinel.username, sentinel.password) == ("mymaster", "idp", "pw")
+    assert sentinel.sentinel_password == "spw" and sentinel.tls and sentinel.tls_ca_file == ca
+    # Passwords stay out of reprs (and so out of logs and tracebacks).
+    assert "pw" not in repr(sentinel).replace("password", "")
+    assert sentinel.describe() == (
+        "redis master 'mymaster' via sentinels s0.example.com:26379,10.0.0.2:26379,[fd00::3]:26380"
+    )
+
+
+def test_the_store_asks_the_sentinels_with_short_timeouts_and_no_backoff() -> None:
+    from redis.backoff import NoBackoff
+
+    from idp.store import create_store
+    from idp.store.redis_store import RedisStore
+
+    s = load_settings(
+        {
+            **SENTINELS,
+            "IDP_REDIS_SENTINEL_MASTER": "mymaster",
+            "IDP_REDIS_PASSWORD": "pw",
+            "IDP_KEY_ENCRYPTION_KEY": "k" * 32,
+        }
+    )
+    store = create_store(s)  # nothing is connected yet
+    assert isinstance(store, RedisStore)
+    hot = store.hot.connection_pool.connection_kwargs
+    background = store.client.connection_pool.connection_kwargs
+    assert (hot["socket_timeout"], background["socket_timeout"]) == (0.5, 5.0)
+    assert hot["password"] == "pw" and background["password"] == "pw"
+    for kwargs in (hot, background):
+        assert isinstance(kwargs["retry"]._backoff, NoBackoff)
+        assert kwargs["retry"]._retries == 1
+    manager = store.hot.connection_pool.sentinel_manager
+    assert manager is store.client.connection_pool.sentinel_manager
+    for client in manager.sentinels:
+        kwargs = client.connection_pool.connection_kwargs
+        assert kwargs["socket_timeout"] == 0.5 and kwargs["retry"]._retries == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({**SENTINELS}, "IDP_REDIS_SENTINEL_MASTER"),
+        ({"IDP_REDIS_SENTINEL_MASTER": "m"}, "IDP_REDIS_SENTINELS"),
+        (
+            {**SENTINELS, "IDP_REDIS_SENTINEL_MASTER": "m", "IDP_REDIS_URL": "redis://r"},
+            "IDP_REDIS_URL",
+        ),
+        (
+            {"IDP_REDIS_SENTINELS": "s0:26379,", "IDP_REDIS_SENTINEL_MASTER": "m"},
+            "IDP_REDIS_SENTINELS",
+        ),
+        (
+            {"IDP_REDIS_SENTINELS": "s0:99999", "IDP_REDIS_SENTINEL_MASTER": "m"},
+            "IDP_REDIS_SENTINELS",
+        ),
+        ({"IDP_REDIS_SENTINELS": "s0:x", "IDP_REDIS_SENTINEL_MASTER": "m"}, "IDP_REDIS_SENTINELS"),
+        (
+            {"IDP_REDIS_SENTINELS": "fd00::1", "IDP_REDIS_SENTINEL_MASTER": "m"},
+            "IDP_REDIS_SENTINELS",
+        ),
+        (
+            {"IDP_REDIS_SENTINELS": "[nope]:1", "IDP_REDIS_SENTINEL_MASTER": "m"},
+            "IDP_REDIS_SENTINELS",
+        ),
+        (
+            {"IDP_REDIS_SENTINELS": "a:1,a:1", "IDP_REDIS_SENTINEL_MASTER": "m"},
+            "IDP_REDIS_SENTINELS",
+        ),
+        ({**SENTINELS, "IDP_REDIS_SENTINEL_MASTER": "my master"}, "IDP_REDIS_SENTINEL_MASTER"),
+        (
+            {**SENTINELS, "IDP_REDIS_SENTINEL_MASTER": "m", "IDP_REDIS_USERNAME": "u"},
+            "IDP_REDIS_PASSWORD",
+        ),
+        (
+            {**SENTINELS, "IDP_REDIS_SENTINEL_MASTER": "m", "IDP_REDIS_TLS": "maybe"},
+            "IDP_REDIS_TLS",
+        ),
+        (
+            {**SENTINELS, "IDP_REDIS_SENTINEL_MASTER": "m", "IDP_REDIS_TLS_CA_FILE": "/x"},
+            "IDP_REDIS_TLS",
+        ),
+        (
+            {
+                **SENTINELS,
+                "IDP_REDIS_SENTINEL_MASTER": "m",
+                "IDP_REDIS_TLS": "true",
+                "IDP_REDIS_TLS_CA_FILE": "/nonexistent/ca.pem",
+            },
+            "IDP_REDIS_TLS_CA_FILE",
+        ),
+        ({"IDP_REDIS_URL": "redis://r", "IDP_REDIS_PASSWORD": "pw"}, "IDP_REDIS_PASSWORD"),
+        ({"IDP_REDIS_TLS": "true"}, "IDP_REDIS_TLS"),
+    ],
+)
+def test_a_bad_sentinel_setting_names_its_variable(env: dict[str, str], names: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert names in info.value.description and "\n" not in info.value.description
