@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import requests
 
+from idp.ratelimit import KEY_PREFIX
 from idp.views.headers import SECURITY_HEADERS
 from tests.support import CI_SECRET, IssuerProcess, RedisServer, free_port
 from tests.unit.test_claims import CONTEXT
@@ -133,7 +134,7 @@ def test_counters_in_redis_name_no_secret_and_no_token(
     # Nor a bare digest of the secret, which a dump would let anyone test guesses against
     # offline: the CI budget's name is an HMAC under a key derived from the server's secrets.
     digest = hashlib.sha256(CI_SECRET.encode()).hexdigest()
-    ci_counters = [key for key in counters if "/ci/" in key]
+    ci_counters = [key for key in counters if key.startswith(f"{KEY_PREFIX}:ci/")]
     assert ci_counters, counters
     assert not any(digest[:8] in key for key in keys), ci_counters
     names = {name for key in ci_counters for name in key.split("/") if len(name) == 32}
