@@ -57,10 +57,14 @@ class RateLimited(IdpError):
     code = "rate_limited"
     status = 429
 
-    def __init__(self, limit: Limit, retry_after: int) -> None:
+    def __init__(self, limit: Limit, retry_after: int, shared: bool = True) -> None:
+        # Counted in one worker's memory (the file store, Redis unreachable, the public
+        # documents), a budget holds per worker process: say so, or "30 per 1 minute" reads
+        # as a lie when twice that passed across two workers.
+        where = "" if shared else " per worker process (counted in each worker's memory)"
         super().__init__(
-            f"too many requests: this issuer allows {limit.text}; retry after {retry_after} s, "
-            "or ask its operator to raise IDP_RATE_LIMIT_*"
+            f"too many requests: this issuer allows {limit.text}{where}; retry after "
+            f"{retry_after} s, or ask its operator to raise IDP_RATE_LIMIT_*"
         )
         self.retry_after = retry_after
 
@@ -145,7 +149,7 @@ class RateLimits:
         is closed: one call to the store, one round trip with Redis."""
         budgets = [item.budget("step", jti) for item in self.step_items]
         counted = store.count_and_check(budgets, build_id)
-        self._check(self.step_items, counted.retry_after, "step")
+        self._check(self.step_items, counted.retry_after, "step", counted.shared)
         return counted.closed
 
     def client(self, scope: str) -> None:
@@ -164,7 +168,7 @@ class RateLimits:
         def limited(*args: Any, **kwargs: Any) -> Any:
             address = client_address()
             waits = self.memory.hit([i.budget(scope, address) for i in items], time.time())
-            self._check(items, waits, "client")
+            self._check(items, waits, "client", shared=False)
             return view(*args, **kwargs)
 
         return limited
@@ -175,16 +179,18 @@ class RateLimits:
         if not items:
             return
         counted = self.store.count_and_check([item.budget(scope, key) for item in items])
-        self._check(items, counted.retry_after, budget)
+        self._check(items, counted.retry_after, budget, counted.shared)
 
-    def _check(self, items: tuple[Limit, ...], waits: tuple[int, ...], budget: str) -> None:
+    def _check(
+        self, items: tuple[Limit, ...], waits: tuple[int, ...], budget: str, shared: bool
+    ) -> None:
         for item, wait in zip(items, waits, strict=True):
             if wait:
                 counter = self._refusals.get(budget)
                 if counter is None:
                     counter = self._refusals[budget] = metrics().rate_limited.labels(budget)
                 counter.inc()
-                raise RateLimited(item, wait)
+                raise RateLimited(item, wait, shared)
 
 
 def init_app(app: Flask, settings: Settings, store: Store) -> RateLimits:

@@ -256,3 +256,13 @@ def test_limits_hold_per_worker_while_redis_is_down(
         finally:
             redis_server.start()
         assert statuses == [200, 200, 200, 429], statuses
+
+
+def test_a_budget_counted_per_worker_says_so(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The file store counts in each worker's memory: the 429 must not claim a shared count."""
+    env = {"IDP_KEYS_DIR": str(tmp_path / "keys"), "IDP_RATE_LIMIT_STEP": "2/minute"}
+    with IssuerProcess(env) as issuer:
+        token = open_token(issuer, 702).json()["token"]
+        answers = [exchange(issuer, token) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert "2 per 1 minute per worker process" in answers[2].json()["error_description"]
