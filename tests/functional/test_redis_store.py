@@ -142,6 +142,9 @@ def test_idp_serve_started_before_redis_waits_for_it(tmp_path: Path) -> None:
             timeout=5,
         ).json()["value"]
         assert jwt.get_unverified_header(token)["kid"] in {k["kid"] for k in keys}
+        # The log said what was happening: no ring yet, not "serving the cached key ring".
+        log = proc._read_log()
+        assert b"no key ring is loaded yet" in log and b"serving the cached" not in log
     finally:
         proc.stop()
         redis.stop()
