@@ -32,11 +32,18 @@ made it writes back, within one more refresh interval.
 
 A failover (Sentinel promoting a replica) keeps `idp:epoch`, so no reset is seen; but writes
 the old master took just before it died may not have reached the replica. For the ring, the
-replicas' merge by content restores lost keys (keyring.py). For closures, every sync compares
-how many unexpired closures Redis holds (`ZCOUNT`, one more command in the same round trip)
-with how many this replica mirrors; when they differ, it reads them all and writes back the
-ones Redis lacks. The same covers a restore of an older backup and closures a skewed clock
-placed below what this replica had read.
+replicas' merge by content restores lost keys (keyring.py). For closures, a sync reads them
+all, compares them with its mirror and writes back the ones Redis lacks ("reconciles") when:
+- the server answering is another one (its `run_id`, read in the same round trip, changed):
+  a failover, or a restart that loaded an older copy. A count alone cannot say this: the
+  closures the dead master lost and the ones this replica has not mirrored yet (another
+  replica's, written late after an outage with their older expiry) can be equally many, and
+  then the loss would go unseen (the Sentinel test caught exactly that);
+- how many unexpired closures Redis holds (`ZCOUNT`) differs from how many are mirrored;
+- and at the latest every FULL_RECONCILE seconds, which bounds any case the two above miss.
+Each sync also re-reads the last LOOKBACK seconds of expiry times, not only what is newer than
+the newest it has seen: closures land out of order (expiry times are whole seconds, taken
+before the write travels), and those would otherwise wait for the next full reconcile.
 
 Following a failover: both clients connect through redis-py's SentinelConnectionPool, which
 asks the sentinels for the master on every new connection and drops idle connections when
@@ -88,6 +95,10 @@ BACKOFF = 2.0
 # up fast and answers from memory), in seconds: (reply, connect).
 BACKGROUND_TIMEOUTS = (5.0, 2.0)
 HOT_TIMEOUTS = (0.5, 0.5)
+# Mirroring closures (see the module's docstring): how far back in expiry times each sync
+# re-reads, and how often at the latest it compares every closure with Redis.
+LOOKBACK = 10.0
+FULL_RECONCILE = 30.0
 
 # Delete the lock only if it is still ours (it may have expired and been taken by another).
 _RELEASE = """
@@ -161,6 +172,8 @@ class RedisStore:
         self._epoch: tuple[str, float] | None = None  # (id, created_at) as last synced
         self._restored: frozenset[str] = frozenset()
         self._pending: dict[str, float] = {}  # closures made while Redis failed
+        self._server: str | None = None  # the run_id of the Redis server last synced with
+        self._reconciled_at = 0.0  # monotonic time of the last full comparison
         # Budgets counted while Redis cannot be: in this worker, until it answers again.
         self._counters = MemoryCounters()
         self._count = hot.register_script(_COUNT)
@@ -184,13 +197,13 @@ class RedisStore:
         # dead: both clients retry once, at once, on a new connection, which through Sentinel
         # asks the sentinels for the master again. Never redis-py's default of three retries
         # with backoff of seconds: the request path must answer from memory instead.
-        background = {
+        background: dict[str, Any] = {
             "socket_timeout": BACKGROUND_TIMEOUTS[0],
             "socket_connect_timeout": BACKGROUND_TIMEOUTS[1],
             "health_check_interval": 10,
             "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         }
-        hot = {
+        hot: dict[str, Any] = {
             **background,
             "socket_timeout": HOT_TIMEOUTS[0],
             "socket_connect_timeout": HOT_TIMEOUTS[1],
@@ -430,17 +443,20 @@ class RedisStore:
 
     def _read_state(
         self, since: float, now: float
-    ) -> tuple[Any, set[str], list[tuple[str, float]], int]:
-        # One snapshot (MULTI): the count must describe the same set the rows come from.
+    ) -> tuple[Any, set[str], list[tuple[str, float]], int, str | None]:
+        # One snapshot (MULTI): the count must describe the same set the rows come from, and
+        # the server's identity the server they were read from.
         with self.client.pipeline(transaction=True) as pipe:
             pipe.get(EPOCH)
             pipe.smembers(RESTORED)
             pipe.zrangebyscore(CLOSED_SET, since, "+inf", withscores=True)
             pipe.zcount(CLOSED_SET, now, "+inf")
-            raw, restored, rows, stored = pipe.execute()
+            pipe.info("server")
+            raw, restored, rows, stored, info = pipe.execute()
         members = {m.decode() for m in restored}
         closures = [(member.decode(), float(score)) for member, score in rows]
-        return raw, members, closures, int(stored)
+        server = info.get("run_id") if isinstance(info, dict) else None
+        return raw, members, closures, int(stored), None if server is None else str(server)
 
     def _sync(self) -> None:
         now = time.time()
@@ -456,13 +472,14 @@ class RedisStore:
                     self._pending.pop(build_id, None)
         settling = self._epoch is None or now - self._epoch[1] < self.settle
         # While an epoch settles, read every closure: others are writing back old ones.
-        raw, restored, rows, stored = self._read_state(0 if settling else self._closed_seen, now)
+        since = 0 if settling else self._closed_seen - LOOKBACK
+        raw, restored, rows, stored, server = self._read_state(since, now)
         current = self._parse_epoch(raw)
         if current is None:
             if raw is not None:  # damaged by hand: as good as lost
                 self.client.delete(EPOCH)
             self._new_epoch(now)
-            raw, restored, rows, stored = self._read_state(0, now)
+            raw, restored, rows, stored, server = self._read_state(0, now)
             current = self._parse_epoch(raw)
             if current is None:
                 raise RedisError("the epoch just written cannot be read back")
@@ -471,7 +488,9 @@ class RedisStore:
         if reset:
             assert previous is not None
             self._write_back(previous[0], now)
-            raw, restored, rows, stored = self._read_state(0, now)
+            raw, restored, rows, stored, server = self._read_state(0, now)
+        # Another server with the same epoch: a failover (or an older copy loaded).
+        moved = self._server is not None and server != self._server
         with self._mirror_lock:
             for build_id, expires_at in rows:
                 self._closed[build_id] = expires_at
@@ -481,12 +500,18 @@ class RedisStore:
             mirrored = len(self._closed)
             self._restored = frozenset(restored) | self._restored
             self._epoch = current
-        if previous is not None and not reset and mirrored != stored:
-            # Same epoch, other closures: Redis lost some (a failover to a replica that had
-            # not received them) or holds some this replica never read.
-            self._reconcile_closures(now)
+        due = time.monotonic() - self._reconciled_at >= FULL_RECONCILE
+        if previous is None or reset:
+            self._reconciled_at = time.monotonic()
+        elif moved or mirrored != stored or due:
+            # Same epoch, maybe other closures: Redis lost some (a failover to a replica that
+            # had not received them) or holds some this replica never read.
+            self._reconcile_closures(now, moved)
+        # Only once reconciled: a sync that failed half-way compares again next time.
+        self._server = server
 
-    def _reconcile_closures(self, now: float) -> None:
+    def _reconcile_closures(self, now: float, moved: bool = False) -> None:
+        self._reconciled_at = time.monotonic()
         rows = cast(
             list[tuple[bytes, float]],
             self.client.zrangebyscore(CLOSED_SET, now, "+inf", withscores=True),
@@ -503,9 +528,11 @@ class RedisStore:
                 self._queue_closure(pipe, build_id, expires_at)
             pipe.execute()
         log.warning(
-            "the key store lacked %d closed builds this replica remembers (a failover to a "
-            "replica that had not received them, or an older copy restored): wrote them back",
+            "the key store lacked %d closed builds this replica remembers (%s): wrote them back",
             len(missing),
+            "another Redis server answers now: a failover, or a restart from an older copy"
+            if moved
+            else "a failover to a replica that had not received them, or an older copy restored",
         )
 
     def _new_epoch(self, now: float) -> None:

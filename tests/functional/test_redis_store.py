@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jwt
@@ -17,7 +18,8 @@ from idp.app import create_app
 from idp.config import load_settings
 from idp.errors import ConfigError, KeyDecryptionError
 from idp.keys.keyring import KeyRing
-from idp.store import create_store
+from idp.store import create_store, redis_store
+from idp.store.base import StoreUnavailable
 from tests.support import CI_SECRET, ROOT, IssuerProcess, RedisServer, wait_for
 from tests.unit.test_claims import CONTEXT
 
@@ -98,6 +100,74 @@ def test_closed_builds_are_shared_and_survive_a_redis_that_forgot_them(
     two.sync()
     redis_lib.Redis.from_url(redis_url).flushall()
     assert two.is_build_closed("99")  # mirrored before Redis lost it
+
+
+def _lost_and_unmirrored(client: redis_lib.Redis, lost_expiry: float) -> None:
+    """Redis lacks closure 7002 and holds 7004, which another replica wrote late (after an
+    outage) with an older expiry: as many closures as the replica mirrors, other ones."""
+    client.delete("idp:build:closed:7002")
+    client.zrem("idp:builds:closed", "7002")
+    late = int(lost_expiry) - 60
+    client.set("idp:build:closed:7004", "1", exat=late)
+    client.zadd("idp:builds:closed", {"7004": late})
+
+
+def test_a_failover_to_a_server_that_lacks_a_closure_is_seen_even_when_counts_agree(
+    tmp_path: Path, make_settings
+) -> None:  # type: ignore[no-untyped-def]
+    # A restart that loads an older copy stands for a failover: either way another server
+    # (another run_id) answers, with the same epoch and without a closure it had taken.
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        settings = make_settings(IDP_REDIS_URL=server.url, IDP_KEY_ENCRYPTION_KEY=KEK)
+        one = create_store(settings)
+        one.settle = 0.0  # an epoch of long ago: a sync reads only the newest closures
+        one.sync()
+        client = server.client()
+        client.save()  # the older copy: the epoch, no closures
+        expiry = time.time() + 3600
+        one.close_build("7002", int(expiry))
+        one.sync()
+        server.stop()
+        server.start()
+        client = server.client()
+        assert not client.exists("idp:build:closed:7002")
+        _lost_and_unmirrored(client, expiry)
+
+        def synced() -> bool:
+            try:
+                one.sync()
+            except StoreUnavailable:
+                return False  # the pool's connections died with the old server
+            return True
+
+        wait_for(synced, what="a sync with the restarted Redis")
+        assert client.exists("idp:build:closed:7002"), "the lost closure was not written back"
+        server.stop()  # from here on, the mirror alone answers
+        assert one.is_build_closed("7002") and one.is_build_closed("7004")
+    finally:
+        server.stop()
+
+
+def test_closures_that_cancel_out_in_the_count_are_compared_at_the_latest_periodically(
+    redis_url: str, make_settings, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(IDP_REDIS_URL=redis_url, IDP_KEY_ENCRYPTION_KEY=KEK)
+    one = create_store(settings)
+    one.settle = 0.0  # an epoch of long ago: a sync reads only the newest closures
+    expiry = time.time() + 3600
+    one.close_build("7002", int(expiry))
+    one.sync()
+    one.sync()
+    client = redis_lib.Redis.from_url(redis_url)
+    _lost_and_unmirrored(client, expiry)
+    one.sync()  # same server, same count: only the periodic comparison can see it
+    assert not client.exists("idp:build:closed:7002")
+    monkeypatch.setattr(redis_store, "FULL_RECONCILE", 0.0)
+    one.sync()
+    assert client.exists("idp:build:closed:7002")
+    assert one.is_build_closed("7004")
 
 
 def test_the_app_serves_from_redis(redis_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]

@@ -14,6 +14,7 @@ loopback ports with passwords on Redis and on the sentinels. Counts, as in test_
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -366,7 +367,13 @@ def test_the_master_is_killed_under_load_and_the_issuers_follow(cluster: Cluster
         assert any(st == 200 and s > max(recovered) for s, _, _, st, _ in obs.mints)
         assert check_every_token_verifies_throughout_its_life(obs) > 100
 
-        assert b"lacked 1 closed builds" in one._read_log() + two._read_log()
+        # Written back because another server answered (its run_id), not by a count that the
+        # lost closures and the not-yet-mirrored ones could cancel out; how many were lacking
+        # depends on the closures the load made in the same instant.
+        assert re.search(
+            rb"lacked \d+ closed builds this replica remembers \(another Redis server answers",
+            one._read_log() + two._read_log(),
+        )
         # A replica started now, with no memory of its own, refuses both closed builds and
         # mints for the open one: everything it needs is on the promoted master.
         fresh = stack.enter_context(IssuerProcess(issuer_env(cluster, issuer)))
