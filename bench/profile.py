@@ -59,7 +59,10 @@ def summarise(raw_files: list[Path]) -> tuple[Counter[str], int, int]:
                 continue  # a line py-spy cut short
             frames = stack.split(";")
             count = int(count_text)
-            if any(frame.startswith(BACKGROUND) for frame in frames[:3]):
+            # gthread workers serve requests in a thread pool: those threads start in
+            # Thread._bootstrap too, but run gunicorn's handler; the rest is background.
+            pooled = any("(gunicorn/workers/" in frame for frame in frames)
+            if not pooled and any(frame.startswith(BACKGROUND) for frame in frames[:3]):
                 background += count
                 continue
             categories[classify(frames)] += count
@@ -75,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument(
+        "--gil",
+        action="store_true",
+        help="sample only the thread holding the GIL (Python CPU, not waiting or signing in C)",
+    )
+    parser.add_argument(
+        "--keep", type=Path, help="an existing folder to keep py-spy's raw stacks in"
+    )
     args = parser.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.env)
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -83,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     path = ENDPOINTS[args.endpoint]
     with tempfile.TemporaryDirectory(prefix="idp-profile-") as tmp:
-        workdir = Path(tmp)
+        workdir = args.keep or Path(tmp)
         redis = RedisServer(workdir) if args.store == "redis" else None
         if redis is not None:
             redis.start()
@@ -104,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                     outputs.append(out)
                     spy = [py_spy, "record", "-p", str(worker.pid), "-d", str(args.seconds)]
                     spy += ["-r", str(args.rate), "-f", "raw", "-o", str(out), "--nonblocking"]
+                    if args.gil:
+                        spy.append("--gil")
                     spies.append(
                         subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     )
