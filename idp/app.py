@@ -52,6 +52,18 @@ def create_app(
     app.extensions["idp.keyring"] = keyring
     app.extensions["idp.store"] = store
 
+    from idp import ratelimit
+    from idp.views import errors, headers, health, oidc, openapi, tokens
+
+    ratelimit.init_app(app, settings, store)
+    errors.init_app(app)
+    # oidc puts its WSGI layer for the public documents right on Flask's callable...
+    oidc.init_app(app, settings)
+    tokens.init_app(app, settings)
+    health.init_app(app, settings)
+    openapi.init_app(app, settings)
+
+    # ...and these wrap everything, that layer included, in this order.
     if settings.trusted_proxies:
         # Believe X-Forwarded-For only as far as the operator's own proxies append to it:
         # the client address keys rate limits and goes into the audit log. Nothing else is
@@ -59,15 +71,5 @@ def create_app(
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=settings.trusted_proxies, x_proto=0, x_host=0
         )
-
-    from idp import ratelimit
-    from idp.views import errors, headers, health, oidc, openapi, tokens
-
-    ratelimit.init_app(app, settings, store)
-    errors.init_app(app)
     headers.init_app(app, settings)
-    oidc.init_app(app, settings)
-    tokens.init_app(app, settings)
-    health.init_app(app, settings)
-    openapi.init_app(app, settings)
     return app
