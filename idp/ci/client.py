@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +69,8 @@ def read_secret(secret_file: str | None, environ: Mapping[str, str] | None = Non
         env.pop(SECRET_VARIABLE, None)
         env[f"{SECRET_VARIABLE}_FILE"] = secret_file
     try:
+        # The issuer's own readers: both sides then agree on a file's trailing newline, on
+        # "both set", and on how a comma list splits.
         secrets = _csv(_raw(env, SECRET_VARIABLE))
     except ConfigError as exc:
         message = exc.description
@@ -144,7 +146,12 @@ def _opener(issuer: Issuer) -> urllib.request.OpenerDirector:
 
 
 class _Transient(Exception):
-    pass
+    """A "not now" from the issuer: retried, and reported as it is if it lasts."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
 
 
 def _call(
@@ -153,8 +160,6 @@ def _call(
     path: str,
     body: bytes | None,
     what: str,
-    *,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[int, str]:
     """(status, text) of a 2xx answer, retrying what says "not now"; else one-line errors."""
     opener = _opener(issuer)
@@ -164,10 +169,10 @@ def _call(
             return _call_once(opener, issuer, method, path, body, what)
         except _Transient as exc:
             if attempt == ATTEMPTS:
-                raise CiError(str(exc)) from None
-            wait = min(float(exc.args[1]) if len(exc.args) > 1 else delay, BACKOFF_CAP)
-            log.warning("%s; retry %d in %.1fs", exc.args[0], attempt, wait)
-            sleep(wait)
+                raise CiError(exc.message) from None
+            wait = min(delay if exc.retry_after is None else exc.retry_after, BACKOFF_CAP)
+            log.warning("%s; retry %d in %.1fs", exc.message, attempt, wait)
+            time.sleep(wait)
             delay = min(delay * 2, BACKOFF_CAP)
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
@@ -202,7 +207,7 @@ def _call_once(
     refusal = _refusal(issuer, path, status, text, what)
     if status in RETRY_STATUSES:
         retry_after = headers_in.get("Retry-After", "")
-        raise _Transient(refusal, *([retry_after] if retry_after.isdigit() else []))
+        raise _Transient(refusal, float(retry_after) if retry_after.isdigit() else None)
     raise CiError(refusal)
 
 

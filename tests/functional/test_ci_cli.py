@@ -661,6 +661,23 @@ def test_a_busy_issuer_is_retried(tmp_path: Path) -> None:
     assert result.stderr.startswith("idp: the issuer refused") and "retry 1" in result.stderr
 
 
+def test_an_issuer_busy_for_good_ends_in_its_refusal(tmp_path: Path) -> None:
+    busy = (
+        429,
+        {"Retry-After": "0", "Content-Type": "application/json"},
+        b'{"error":"slow_down","error_description":"too many requests"}',
+    )
+    with FakeIssuer(lambda method, path: busy) as fake:
+        result = run_against(fake.url(), tmp_path)
+    assert result.returncode == 1 and result.stdout == "", result
+    notes, last = result.stderr.splitlines()[:-1], result.stderr.splitlines()[-1]
+    assert len(notes) == 2 and all("retry" in note for note in notes)
+    assert last == (
+        "idp: error: the issuer refused to open a request token: 429 slow_down: too many requests"
+    )
+    assert len(fake.seen) == 3
+
+
 def test_a_hung_issuer_times_out_in_one_line(tmp_path: Path) -> None:
     with FakeIssuer(lambda method, path: answer({}), hang=True) as fake:
         result = run_against(fake.url(), tmp_path, "--timeout", "0.5")
