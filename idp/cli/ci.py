@@ -7,9 +7,10 @@ of the build it closes it. Results go to stdout; errors are one line on stderr.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import click
@@ -79,20 +80,27 @@ def _issuer_options(function: F) -> F:
     return function
 
 
+@contextlib.contextmanager
+def _usage_errors() -> Iterator[None]:
+    # The library says "usage" (a bad --set, a --cafile that is no PEM): exit 2, with the hint.
+    try:
+        yield
+    except UsageError as exc:
+        raise click.UsageError(exc.description) from None
+
+
 def _issuer(issuer: str, secret_file: str | None, cafile: str | None, timeout: float) -> Issuer:
     # From the environment, IDP_CI_SECRET_FILE is read with IDP_CI_SECRET, as `idp serve`
     # reads them (both set is an error); only a --secret-file typed out overrides the other.
     ctx = click.get_current_context()
     explicit = ctx.get_parameter_source("secret_file") == ParameterSource.COMMANDLINE
-    try:
+    with _usage_errors():
         return Issuer(
             url=check_issuer(issuer),
             secret=_read_secret(secret_file if explicit else None),
             cafile=cafile,
             timeout=timeout,
         )
-    except UsageError as exc:
-        raise click.UsageError(exc.description) from None
 
 
 def _read_context(path: str) -> str:
@@ -100,7 +108,7 @@ def _read_context(path: str) -> str:
     try:
         if path == "-":
             return sys.stdin.read()
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # a BOM from Windows editors
             return handle.read()
     except FileNotFoundError:
         raise click.UsageError(f"--context {where} does not exist: give the file's path") from None
@@ -160,11 +168,9 @@ def open_(
         )
     target = _issuer(issuer, secret_file, cafile, timeout)
     where = "(stdin)" if context_path == "-" else repr(context_path)
-    try:
+    with _usage_errors():
         context = apply_sets(parse_context(_read_context(context_path), where), assignments)
-    except UsageError as exc:
-        raise click.UsageError(exc.description) from None
-    opened = open_request_token(target, context)
+        opened = open_request_token(target, context)
     click.echo(render(opened.answer, opened.body, output_format), nl=False)
 
 
@@ -181,5 +187,6 @@ def close(
     """
     if not is_canonical_id(build_id):
         raise click.UsageError(f"BUILD_ID {build_id!r} is not a build id: give {ID_RULE}")
-    close_build(_issuer(issuer, secret_file, cafile, timeout), build_id)
+    with _usage_errors():
+        close_build(_issuer(issuer, secret_file, cafile, timeout), build_id)
     click.echo(f"closed build {build_id}: its request tokens no longer work")

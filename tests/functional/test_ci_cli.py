@@ -715,3 +715,17 @@ def test_the_request_is_json_with_the_context_and_the_bearer_secret(tmp_path: Pa
     assert (sent["step"], sent["pull_fork"]) == ("x", True)
     assert isinstance(sent["build_id"], int)  # untouched fields keep their JSON types
     assert set(sent) == set(CONTEXT)
+
+
+def test_a_cafile_that_is_not_pem_is_a_usage_error(tmp_path: Path) -> None:
+    not_pem = tmp_path / "ca.txt"
+    not_pem.write_text("not a certificate\n")
+    result = run_against("https://localhost:1/_services/token", tmp_path, "--cafile", str(not_pem))
+    one_line_error(result, 2, "--cafile", "PEM")
+
+
+def test_a_context_file_with_a_byte_order_mark(issuer: IssuerProcess, tmp_path: Path) -> None:
+    path = tmp_path / "windows.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(new_context()).encode())
+    result = run("ci", "open", "--context", str(path), "--format", "json", issuer=issuer)
+    assert result.returncode == 0, result
