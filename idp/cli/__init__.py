@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from idp.cli.ci import ci
 from idp.cli.health import health
 from idp.cli.keys import keys
 from idp.cli.serve import serve
@@ -25,6 +26,7 @@ def cli() -> None:
 cli.add_command(serve)
 cli.add_command(keys)
 cli.add_command(health)
+cli.add_command(ci)
 
 
 def _register_optional() -> None:

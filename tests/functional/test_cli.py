@@ -32,7 +32,7 @@ def one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) ->
         assert fragment in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("group", [(), ("keys",), ("aws",)])
+@pytest.mark.parametrize("group", [(), ("keys",), ("aws",), ("ci",)])
 def test_a_group_alone_shows_its_help_and_succeeds(group: tuple[str, ...]) -> None:
     result = idp(*group)
     assert result.returncode == 0, result
