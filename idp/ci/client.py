@@ -29,6 +29,7 @@ from typing import Any
 from idp.ci import CiError, UsageError
 from idp.config import _csv, _raw, validate_issuer
 from idp.errors import ConfigError
+from idp.httpclient import NoRedirect
 
 log = logging.getLogger("idp.ci")
 
@@ -127,12 +128,6 @@ def close_build(issuer: Issuer, build_id: str) -> None:
         raise CiError(_not_the_issuer(issuer, path, status, "the closed build"))
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    # Returning None makes urllib raise the 3xx as an HTTPError, which `_call` reports.
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
 def _opener(issuer: Issuer) -> urllib.request.OpenerDirector:
     try:
         context = ssl.create_default_context(cafile=issuer.cafile)
@@ -142,7 +137,7 @@ def _opener(issuer: Issuer) -> urllib.request.OpenerDirector:
             f"--cafile {issuer.cafile} cannot be loaded ({reason}): point it at a PEM file of "
             "CA certificates"
         ) from None
-    return urllib.request.build_opener(_NoRedirect(), urllib.request.HTTPSHandler(context=context))
+    return urllib.request.build_opener(NoRedirect(), urllib.request.HTTPSHandler(context=context))
 
 
 class _Transient(Exception):

@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from idp.httpclient import NoRedirect
 from idp.runner import RunnerError
 
 log = logging.getLogger("idp.runner")
@@ -126,17 +127,27 @@ def fetch_id_token(
     )
 
 
+# Never follows a redirect: the request token would be sent along (idp.httpclient).
+_OPENER = urllib.request.build_opener(NoRedirect())
+
+
 def _fetch_once(request: TokenRequest, url: str) -> str:
     http_request = urllib.request.Request(  # noqa: S310 - the URL is the CI server's, http(s)
         url,
         headers={"Authorization": f"Bearer {request.request_token}", "Accept": "application/json"},
     )
     try:
-        with urllib.request.urlopen(http_request, timeout=TIMEOUT) as response:  # noqa: S310
+        with _OPENER.open(http_request, timeout=TIMEOUT) as response:
             body = response.read()
     except urllib.error.HTTPError as exc:
         body = exc.read()
         exc.close()
+        if 300 <= exc.code < 400:
+            raise RunnerError(
+                f"the issuer answered HTTP {exc.code}, a redirect to "
+                f"{exc.headers.get('Location') or 'another address'}, which is not followed "
+                "(the request token would go along): set the request URL to the issuer itself"
+            ) from None
         if exc.code in RETRY_STATUSES:
             raise _Transient(f"HTTP {exc.code}") from exc
         raise RunnerError(_describe_refusal(exc.code, body)) from None

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import dotenv
 import pytest
 import requests
 
@@ -226,7 +227,6 @@ def test_dotenv_format_is_name_value_lines(issuer: IssuerProcess, tmp_path: Path
     assert set(env) == ENV_NAMES
     assert env["VELA_ID_TOKEN_REQUEST_TOKEN"] == env["ACTIONS_ID_TOKEN_REQUEST_TOKEN"]
     # python-dotenv (what compose-style readers do) reads the same values.
-    dotenv = pytest.importorskip("dotenv")
     (tmp_path / ".env").write_text(result.stdout)
     assert dotenv.dotenv_values(tmp_path / ".env") == env
     verify(issuer, mint(env).json()["value"])

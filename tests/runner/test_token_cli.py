@@ -96,6 +96,7 @@ class Flaky:
 
     def __init__(self, statuses: list[int]) -> None:
         self.statuses = list(statuses)
+        self.location = ""  # where a 3xx answer points
         self.paths: list[str] = []
         self.auth: list[str | None] = []
         outer = self
@@ -112,6 +113,8 @@ class Flaky:
                 )
                 data = json.dumps(body).encode()
                 self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", outer.location)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -168,6 +171,21 @@ def test_transient_failures_are_retried_and_4xx_are_not(
     # The URL is used as given: plain http, its port, its path; `?audience=` appended.
     assert fake.paths[0] == "/api/v1/repos/o/r/builds/1/id_token?audience=sts.amazonaws.com"
     assert fake.auth[0] == "Bearer request-token"
+    assert "request-token" not in out + err
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_not_followed_and_the_request_token_stays_home(
+    flaky: Any, status: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # urllib would resend Authorization to wherever the redirect points.
+    with Flaky([]) as elsewhere, flaky([status]) as fake:
+        fake.location = elsewhere.url
+        code, out, err = run(["token", "--audience", "sts.amazonaws.com"], capsys)
+    assert code == 1
+    assert len(fake.paths) == 1, "a redirect is an answer, not retried"
+    assert elsewhere.paths == [] and elsewhere.auth == []
+    assert f"HTTP {status}, a redirect to {elsewhere.url}" in err.splitlines()[-1]
     assert "request-token" not in out + err
 
 
