@@ -31,7 +31,12 @@ the last refresh interval before a reset reaches the other replicas when the rep
 made it writes back, within one more refresh interval.
 
 A failover (Sentinel promoting a replica) keeps `idp:epoch`, so no reset is seen; but writes
-the old master took just before it died may not have reached the replica. For the ring, the
+the old master took just before it died may not have reached the replica. A closure is the
+one write whose loss would break a promise made to the CI server, so when the master has
+replicas (`connected_slaves`, read at every sync), closing a build also waits (`WAIT 1`, at
+most CLOSE_WAIT_MS) for one replica to hold it, and answers 503 ("not confirmed, close
+again") when none does: a closure answered 200 survives the failover of its master. Only an
+unconfirmed closure can be lost, and even that is written back as follows. For the ring, the
 replicas' merge by content restores lost keys (keyring.py). For closures, a sync reads them
 all, compares them with its mirror and writes back the ones Redis lacks ("reconciles") when:
 - the server answering is another one (its `run_id`, read in the same round trip, changed):
@@ -99,6 +104,8 @@ HOT_TIMEOUTS = (0.5, 0.5)
 # re-reads, and how often at the latest it compares every closure with Redis.
 LOOKBACK = 10.0
 FULL_RECONCILE = 30.0
+# How long closing a build waits for a replica of the master to hold the closure.
+CLOSE_WAIT_MS = 500
 
 # Delete the lock only if it is still ours (it may have expired and been taken by another).
 _RELEASE = """
@@ -173,6 +180,7 @@ class RedisStore:
         self._restored: frozenset[str] = frozenset()
         self._pending: dict[str, float] = {}  # closures made while Redis failed
         self._server: str | None = None  # the run_id of the Redis server last synced with
+        self._replicas = 0  # replicas connected to that server, as last synced
         self._reconciled_at = 0.0  # monotonic time of the last full comparison
         # Budgets counted while Redis cannot be: in this worker, until it answers again.
         self._counters = MemoryCounters()
@@ -317,8 +325,22 @@ class RedisStore:
                 self._queue_closure(pipe, build_id, expires_at)
                 pipe.zremrangebyscore(CLOSED_SET, "-inf", time.time())
                 pipe.execute()
+            held = self.client.wait(1, CLOSE_WAIT_MS) if self._replicas else None
         except RedisError as exc:
             raise self._unavailable(exc) from None
+        if held is not None and held < 1:
+            # On the master only: a failover now would lose it. It stays pending here (written
+            # again at the next sync) and the CI server hears that it must close again.
+            log.warning(
+                "closing build %s: no replica of the key store's master confirmed it within "
+                "%d ms (replication broken or lagging); asked the CI server to close again",
+                build_id,
+                CLOSE_WAIT_MS,
+            )
+            raise Unavailable(
+                f"build {build_id} is closed on this replica, but the key store could not "
+                "confirm it durably (no Redis replica acknowledged it); close it again"
+            )
         with self._mirror_lock:
             self._pending.pop(build_id, None)
 
@@ -451,11 +473,14 @@ class RedisStore:
             pipe.smembers(RESTORED)
             pipe.zrangebyscore(CLOSED_SET, since, "+inf", withscores=True)
             pipe.zcount(CLOSED_SET, now, "+inf")
-            pipe.info("server")
+            pipe.info("server", "replication")
             raw, restored, rows, stored, info = pipe.execute()
         members = {m.decode() for m in restored}
         closures = [(member.decode(), float(score)) for member, score in rows]
-        server = info.get("run_id") if isinstance(info, dict) else None
+        info = info if isinstance(info, dict) else {}
+        server = info.get("run_id")
+        replicas = info.get("connected_slaves", 0)
+        self._replicas = replicas if isinstance(replicas, int) else 0
         return raw, members, closures, int(stored), None if server is None else str(server)
 
     def _sync(self) -> None:

@@ -5,8 +5,10 @@ Three real `redis-server` processes (a master and two replicas), three real sent
 loopback ports with passwords on Redis and on the sentinels. Counts, as in test_replicas.py:
 
 - no token whose `kid` a replica's JWKS lacked during the token's life, no JWKS/discovery 5xx;
-- no token for a build closed before the kill, nor for one whose closure only the dying master
-  had received (replication was cut first): the replicas write it back to the promoted one;
+- every closure answered 200 is held by a replica when the master dies (closing waits for one
+  replica, `WAIT 1`); one that no replica could confirm (replication was cut first) is answered
+  503, and the issuer that made it writes it back to the promoted master;
+- no token for a build closed before the kill, nor, once written back, for the unconfirmed one;
 - 503s only inside the failover window; each issuer writes to the new master (closing a build
   answers 200 again) within 10 s of the promotion, without a restart.
 """
@@ -218,6 +220,7 @@ def test_the_master_is_killed_under_load_and_the_issuers_follow(cluster: Cluster
         reasons: set[str] = set()
         lost: list[tuple[float, int, int]] = []  # build 7002's token: (start, replica, status)
         lost_closed_at = [float("inf")]
+        acknowledged: list[tuple[float, int]] = []  # closes answered 200: (when, build)
         stop = threading.Event()
 
         def load(index: int) -> None:
@@ -260,6 +263,8 @@ def test_the_master_is_killed_under_load_and_the_issuers_follow(cluster: Cluster
                         f"{proc.issuer}/builds/{build}", headers=CI, timeout=10
                     ).status_code
                     closes.append((start, time.time(), index, status))
+                    if status == 200:
+                        acknowledged.append((time.time(), build))
                 time.sleep(0.05)
 
         threads = [threading.Thread(target=load, args=(i,)) for i in (0, 1, 0, 1)]
@@ -275,10 +280,22 @@ def test_the_master_is_killed_under_load_and_the_issuers_follow(cluster: Cluster
             for port in cluster.redis_ports[1:]:
                 cluster.redis(port).config_set("masterauth", "not-the-password")
             cluster.redis(old).client_kill_filter(_type="slave")
-            assert close(one, 7002) == 200
+            # No replica can confirm it (WAIT 1): the issuer says so instead of promising.
+            answer = requests.delete(f"{one.issuer}/builds/7002", headers=CI, timeout=10)
+            assert answer.status_code == 503, answer.text
+            assert "close it again" in answer.json()["error_description"]
             lost_closed_at[0] = time.time()
             killed_at = time.time()
             cluster.kill(old)
+            # Every closure answered 200 before the kill is held by a surviving replica (no
+            # write reaches them now: their master is dead and none is promoted yet).
+            held = [
+                {int(m) for m in cluster.redis(port).zrange("idp:builds:closed", 0, -1)}
+                for port in cluster.redis_ports[1:]
+            ]
+            confirmed = {b for t, b in acknowledged if t < killed_at}
+            assert confirmed, "no closure was answered 200 before the kill"
+            assert confirmed <= held[0] | held[1], sorted(confirmed - (held[0] | held[1]))
             for port in cluster.redis_ports[1:]:
                 assert not cluster.redis(port).exists("idp:build:closed:7002")
                 cluster.redis(port).config_set("masterauth", PASSWORD)
