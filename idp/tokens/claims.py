@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from idp.aws.tags import tag_value_problem
+from idp.tokens.tags import tag_value_problem
 from idp.config import Settings
 from idp.errors import InvalidAudience, InvalidRequest
 from idp.tokens.context import BuildContext

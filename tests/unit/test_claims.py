@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from idp.aws.tags import UnsafeTagValue, verbatim_tag_value
+from idp.tokens.tags import UnsafeTagValue, verbatim_tag_value
 from idp.config import CONTEXT_CLAIMS, load_settings
 from idp.errors import InvalidAudience, InvalidRequest
 from idp.tokens.claims import (

@@ -20,7 +20,7 @@ from hypothesis import example, given, reject, settings
 from hypothesis import strategies as st
 
 from idp.aws.errors import TrustPolicyError
-from idp.aws.tags import (
+from idp.tokens.tags import (
     TAG_KEY_MAX,
     TAG_VALUE_MAX,
     UnsafeTagValue,

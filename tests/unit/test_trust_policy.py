@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from idp.aws.errors import TrustPolicyError
-from idp.aws.tags import TAG_KEY_PATTERN, verbatim_tag_value
+from idp.tokens.tags import TAG_KEY_PATTERN, verbatim_tag_value
 from idp.aws.trust_policy import IssuerShape, Wanted, build_trust_policy
 from idp.cli import main
 from idp.errors import IdpError
