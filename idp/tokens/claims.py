@@ -54,7 +54,9 @@ def build_subject(claims: Mapping[str, str], keys: Sequence[str]) -> str:
 def subject_of(claims: Mapping[str, str], settings: Settings) -> str:
     """The token's `sub`: the first matching subject rule of the claims file, else
     IDP_SUBJECT_CLAIMS."""
-    return build_subject(claims, settings.claim_policy.subject_keys(claims, settings.subject_claims))
+    return build_subject(
+        claims, settings.claim_policy.subject_keys(claims, settings.subject_claims)
+    )
 
 
 def session_tags(claims: Mapping[str, str], keys: Sequence[str]) -> dict[str, Any]:

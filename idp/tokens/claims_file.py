@@ -175,8 +175,7 @@ def _claim(name: Any, spec: Any, builtin: Field | None) -> Field:
     if name in REGISTERED_CLAIMS:
         raise _Problem(
             entry,
-            f"{name!r} is a registered JWT/OIDC claim the issuer sets itself: choose another "
-            "name",
+            f"{name!r} is a registered JWT/OIDC claim the issuer sets itself: choose another name",
         )
     if name in RESERVED_FIELDS or any(name in derived for derived in DERIVED_CLAIMS.values()):
         raise _Problem(entry, f"{name!r} is computed by the issuer: choose another name")
@@ -199,7 +198,7 @@ def _claim(name: Any, spec: Any, builtin: Field | None) -> Field:
         )
     # A declared text claim refuses ':' as git refs do: sub would escape one (`%3A`), but
     # values without it keep sub readable and every trust-policy glob on its own field.
-    field = builtin or Field(kind, no_colon=kind == "text")
+    field = builtin or Field(kind, no_colon=kind == "text", required=False)
 
     required = spec.get("required", field.required)
     if not isinstance(required, bool):
