@@ -27,9 +27,9 @@ from typing import Any
 
 from idp.aws import DEFAULT_AUDIENCE
 from idp.aws.errors import TrustPolicyError
-from idp.tokens.tags import TAG_VALUE_MAX, tag_value_problem
 from idp.config import CONTEXT_CLAIMS
 from idp.tokens.claims import escape_subject_value
+from idp.tokens.tags import TAG_VALUE_MAX, tag_value_problem
 
 ASSUME_ROLE = "sts:AssumeRoleWithWebIdentity"
 TAG_SESSION = "sts:TagSession"

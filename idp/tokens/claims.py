@@ -12,10 +12,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from idp.tokens.tags import tag_value_problem
 from idp.config import Settings
 from idp.errors import InvalidAudience, InvalidRequest
 from idp.tokens.context import BuildContext
+from idp.tokens.tags import tag_value_problem
 
 AUDIENCE_MAX = 256
 AUDIENCES_MAX = 10

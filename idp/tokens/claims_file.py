@@ -124,7 +124,7 @@ def parse_claims_document(document: Any, source: str = "<claims file>") -> Claim
             )
         if not fields[name].required:
             fix = (
-                f"remove it from optional"
+                "remove it from optional"
                 if name in BUILTIN_FIELDS and name not in claims
                 else f"set required: true in claims.{name}"
             )
@@ -279,10 +279,11 @@ def _rule(number: int, rule: Any, known: tuple[str, ...], identity: tuple[str, .
                 f"is no declared claim: declare it under claims, or use one of {', '.join(known)}",
             )
     if claims[: len(identity)] != identity:
+        fixed = ", ".join((*identity, *(c for c in claims if c not in identity)))
         raise _Problem(
             f"{entry}.claims",
             f"must start with the identity claims ({', '.join(identity)}) so every subject "
-            f"names its owner: write [{', '.join((*identity, *(c for c in claims if c not in identity)))}]",
+            f"names its owner: write [{fixed}]",
         )
     match = rule.get("match") or {}
     if not isinstance(match, Mapping):

@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 
-from idp.tokens.tags import UnsafeTagValue, verbatim_tag_value
 from idp.config import CONTEXT_CLAIMS, load_settings
 from idp.errors import InvalidAudience, InvalidRequest
 from idp.tokens.claims import (
@@ -16,6 +15,7 @@ from idp.tokens.claims import (
     validate_audiences,
 )
 from idp.tokens.context import FIELDS, parse_context
+from idp.tokens.tags import UnsafeTagValue, verbatim_tag_value
 
 CONTEXT: dict[str, Any] = {
     "repo": "octo-org/octo-repo",

@@ -20,13 +20,6 @@ from hypothesis import example, given, reject, settings
 from hypothesis import strategies as st
 
 from idp.aws.errors import TrustPolicyError
-from idp.tokens.tags import (
-    TAG_KEY_MAX,
-    TAG_VALUE_MAX,
-    UnsafeTagValue,
-    is_valid_tag_key,
-    verbatim_tag_value,
-)
 from idp.aws.trust_policy import tag_pattern
 from idp.config import CONTEXT_CLAIMS, Settings, load_settings
 from idp.errors import InvalidAudience, InvalidRequest
@@ -41,6 +34,13 @@ from idp.tokens.claims import (
 )
 from idp.tokens.context import FIELDS, MAX_TTL, parse_context
 from idp.tokens.images import InvalidImageReference, parse_image
+from idp.tokens.tags import (
+    TAG_KEY_MAX,
+    TAG_VALUE_MAX,
+    UnsafeTagValue,
+    is_valid_tag_key,
+    verbatim_tag_value,
+)
 from tests.support import CI_SECRET
 
 
