@@ -358,6 +358,11 @@ def build_trust_policy(provider_arn: str, wanted: Wanted, shape: IssuerShape) ->
     in_subject = {c: p for c, p in patterns.items() if c in subject_claims}
     in_tags = {c: p for c, p in patterns.items() if c not in in_subject and c in shape.session_tags}
     missing = [c for c in patterns if c not in in_subject and c not in in_tags]
+    # `--match event=push` that only picks the rule (`match: {event: push}`) is kept by sub's
+    # shape when no other rule shares it; then it needs no condition of its own.
+    missing = [
+        c for c in missing if not _enforced_by_shape(c, patterns[c], rule, shape, in_subject)
+    ]
     if missing and (rule is not None or policy.subjects):
         raise TrustPolicyError(_rule_message(missing, rule, subject_claims, policy))
     if missing:
@@ -436,44 +441,81 @@ def _rule_message(
     )
 
 
-def subject_patterns(
+def subject_shapes(
     patterns: Mapping[str, str], subject_claims: Iterable[str], policy: ClaimPolicy = BUILTIN_POLICY
-) -> list[str]:
-    """`StringLike` patterns for `sub`, one per shape it can take: each claim's pattern in its
-    place, `key:*` for another claim every token has; a claim that may be absent (and is left
-    out of sub then) with and without its place."""
+) -> list[tuple[tuple[str, ...], str]]:
+    """Every shape `sub` can take under these patterns: (its keys, its `StringLike` pattern).
+    Each claim's pattern is in its place, `key:*` for another claim every token has; a claim
+    that may be absent (sub then leaves it out) gives shapes with and without its place."""
     claims = list(subject_claims)
     for claim, pattern in patterns.items():
         # Only wildcards (`--match environment='*'`) is the `key:*` of an unconstrained claim.
         if _WILDCARD.sub("", pattern):
             _refuse_shiftable(claim, pattern, claims)
-    parts: list[tuple[str, bool]] = []  # (the key's piece, whether sub may leave it out)
-    for claim in claims:
-        piece = f"{claim}:{escape_subject_value(patterns.get(claim, '*'))}"
-        parts.append((piece, claim not in patterns and not policy.is_always_present(claim)))
-    optional = [index for index, (_, maybe) in enumerate(parts) if maybe]
+    optional = [c for c in claims if c not in patterns and not policy.is_always_present(c)]
     if 2 ** len(optional) > MAX_SUBJECT_SHAPES:
         raise TrustPolicyError(
             f"sub can take {2 ** len(optional)} shapes (optional claims "
-            f"{', '.join(claims[i] for i in optional)}): --match some of them (e.g. "
-            f"--match {claims[optional[0]]}='*' to require it)"
+            f"{', '.join(optional)}): --match some of them (e.g. --match {optional[0]}='*' to "
+            "require it)"
         )
-    shapes: list[str] = []
+    shapes: list[tuple[tuple[str, ...], str]] = []
     # Fewest claims first: the shape most tokens of a deployment tool have.
     for absent in itertools.product((True, False), repeat=len(optional)):
-        left_out = {index for index, out in zip(optional, absent, strict=True) if out}
-        pieces = [piece for index, (piece, _) in enumerate(parts) if index not in left_out]
-        if pieces:
-            shapes.append(":".join(pieces))
+        left_out = {claim for claim, out in zip(optional, absent, strict=True) if out}
+        keys = tuple(claim for claim in claims if claim not in left_out)
+        if keys:
+            pattern = ":".join(f"{c}:{escape_subject_value(patterns.get(c, '*'))}" for c in keys)
+            shapes.append((keys, pattern))
+    return shapes
+
+
+def subject_patterns(
+    patterns: Mapping[str, str], subject_claims: Iterable[str], policy: ClaimPolicy = BUILTIN_POLICY
+) -> list[str]:
+    """The `StringLike` values for `sub`, one per shape (AWS ORs them), without those another
+    already covers."""
+    shapes = list(
+        dict.fromkeys(pattern for _, pattern in subject_shapes(patterns, subject_claims, policy))
+    )
     # A shape that extends one ending in '*' adds nothing: that '*' already spans the rest.
-    kept = [
+    return [
         shape
-        for shape in dict.fromkeys(shapes)
+        for shape in shapes
         if not any(
             other != shape and other.endswith("*") and shape.startswith(other) for other in shapes
         )
     ]
-    return kept
+
+
+def _key_sequences(claims: Sequence[str], policy: ClaimPolicy) -> set[tuple[str, ...]]:
+    """Every sequence of keys a sub built from `claims` can have (absent claims left out)."""
+    optional = [c for c in claims if not policy.is_always_present(c)]
+    found = set()
+    for absent in itertools.product((True, False), repeat=min(len(optional), 12)):
+        left_out = {c for c, out in zip(optional, absent, strict=False) if out}
+        found.add(tuple(c for c in claims if c not in left_out))
+    return found
+
+
+def _enforced_by_shape(
+    claim: str,
+    wanted: str,
+    rule: SubjectRule | None,
+    shape: IssuerShape,
+    patterns: Mapping[str, str],
+) -> bool:
+    """Whether a --match on a claim outside sub is enforced anyway: it repeats a glob of the
+    rule that builds sub, and no other rule (nor IDP_SUBJECT_CLAIMS) builds a sub with the
+    same keys, so a token whose sub has this shape passed that very glob."""
+    if rule is None or dict(rule.match).get(claim) != wanted:
+        return False
+    policy = shape.policy
+    ours = {keys for keys, _ in subject_shapes(patterns, rule.claims, policy)}
+    others = [other.claims for other in policy.subjects if other is not rule]
+    if not any(not other.match for other in policy.subjects):
+        others.append(shape.subject_claims)
+    return not any(ours & _key_sequences(claims, policy) for claims in others)
 
 
 def subject_pattern(patterns: Mapping[str, str], subject_claims: Iterable[str]) -> str:
