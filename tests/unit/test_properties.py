@@ -35,7 +35,6 @@ from idp.tokens.claims import (
 )
 from idp.tokens.claims_file import parse_claims_document
 from idp.tokens.context import FIELDS, MAX_TTL, parse_context
-from idp.tokens.vocabulary import ClaimPolicy
 from idp.tokens.images import InvalidImageReference, parse_image
 from idp.tokens.tags import (
     TAG_KEY_MAX,
@@ -44,6 +43,7 @@ from idp.tokens.tags import (
     is_valid_tag_key,
     verbatim_tag_value,
 )
+from idp.tokens.vocabulary import ClaimPolicy
 from tests.support import CI_SECRET
 
 
