@@ -178,8 +178,12 @@ def show(context_file: IO[str] | None, claims_file: str | None, output_format: s
     click.echo(f"identity: {', '.join(policy.identity)}")
     click.echo("subjects (the first rule whose globs all match builds sub):")
     for rule in _subjects(settings):
+        keys = ", ".join(rule["claims"])
+        if rule["rule"] == "IDP_SUBJECT_CLAIMS":
+            click.echo(f"  otherwise (IDP_SUBJECT_CLAIMS): {keys}")
+            continue
         match = ", ".join(f"{k}={v}" for k, v in rule["match"].items()) or "(any)"
-        click.echo(f"  {rule['rule']}: match {match} -> {', '.join(rule['claims'])}")
+        click.echo(f"  {rule['rule']}: match {match} -> {keys}")
     click.echo(f"session tags: {', '.join(settings.aws_session_tags) or '(none)'}")
 
 

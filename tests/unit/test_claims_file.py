@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from idp.config import load_settings
 from idp.errors import ConfigError, InvalidRequest
 from idp.tokens.claims import context_claims, id_token_claims, subject_of
-from idp.tokens.claims_file import load_claims_file
+from idp.tokens.claims_file import load_claims_file, parse_claims_document
 from idp.tokens.context import parse_context
 from idp.tokens.vocabulary import BUILTIN_FIELDS, REGISTERED_CLAIMS, ClaimPolicy
 from tests.unit.test_claims import CONTEXT
@@ -370,3 +371,21 @@ def test_kinds_of_declared_claims(
     for value in bad:
         with pytest.raises(InvalidRequest, match="'extra'"):
             parse_context({**CONTEXT, "extra": value}, policy)
+
+
+@pytest.mark.parametrize("name", ["claims-octopus.yaml", "claims-github.yaml"])
+def test_the_readme_shows_the_example_files_and_they_load(name: str) -> None:
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "docs" / "examples" / name).read_text(encoding="utf-8")
+    body = "".join(line for line in text.splitlines(keepends=True) if not line.startswith("#"))
+    body = body if name != "claims-github.yaml" else text.split("\n", 1)[1]
+    assert body in (root / "README.md").read_text(encoding="utf-8")
+    load_settings({"IDP_CLAIMS_FILE": str(root / "docs" / "examples" / name)})
+
+
+def test_the_octopus_example_is_the_issues_file() -> None:
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "docs" / "examples" / "claims-octopus.yaml").read_text(encoding="utf-8")
+    assert parse_claims_document(yaml.safe_load(text)) == parse_claims_document(
+        yaml.safe_load(OCTOPUS)
+    )
