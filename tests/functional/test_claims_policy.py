@@ -292,3 +292,15 @@ def test_a_bad_claims_file_stops_start_up_with_one_line(tmp_path: Path) -> None:
     assert code != 0
     lines = [line for line in proc.log.decode().splitlines() if "IDP_CLAIMS_FILE" in line]
     assert len(lines) == 1 and "claims.sub" in lines[0] and "Traceback" not in proc.log.decode()
+
+
+def test_explain_knows_a_declared_claim_is_a_claim(octopus: IssuerProcess) -> None:
+    """A condition on `<provider>:project` (a declared claim) is never evaluated by AWS: the
+    fix says how to make it reach AWS, as for a built-in, not that the token has no such claim."""
+    claims = mint(octopus, {**OCTOPUS_CONTEXT, "build_id": 400})
+    policy = seed_policy(SEED_PATTERN)
+    policy["Statement"][0]["Condition"]["StringEquals"][f"{URL}:project"] = "aws-oidc-testing"
+    checks, _, _ = policy_checks(policy, claims, PROVIDER, ["sts.amazonaws.com"], URL, None)
+    fixes = " ".join(check.fix for check in checks if "project" in check.detail)
+    assert "IDP_AWS_SESSION_TAGS=project" in fixes
+    assert "AWS never sees" not in fixes
