@@ -38,7 +38,7 @@ from idp.aws.conditions import (
     policy_values,
 )
 from idp.aws.trust_policy import ASSUME_ROLE, TAG_SESSION, string_like, tag_pattern
-from idp.tokens.vocabulary import CONTEXT_CLAIMS, REGISTERED_CLAIMS
+from idp.tokens.vocabulary import CONTEXT_CLAIMS, DEFAULT_SUBJECT_CLAIMS, REGISTERED_CLAIMS
 
 TAGS_CLAIM = "https://aws.amazon.com/tags"
 SOURCE_IDENTITY_CLAIM = "https://aws.amazon.com/source_identity"
@@ -431,7 +431,7 @@ def _claim_fix(
     return (
         f"put {claim} in session tags (IDP_AWS_SESSION_TAGS={claim}) and match "
         f'"{tag_op}": {{"aws:RequestTag/{claim}": "{tag_value}"}} with sts:TagSession allowed, '
-        f"or put it in sub (IDP_SUBJECT_CLAIMS=repo,ref,event,{claim}); "
+        f"or put it in sub (IDP_SUBJECT_CLAIMS={','.join((*DEFAULT_SUBJECT_CLAIMS, claim))}); "
         f"`idp aws trust-policy {flag} ...` writes either"
     )
 
