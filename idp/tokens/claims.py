@@ -135,6 +135,9 @@ def id_token_claims(
         "token_type": "ID",
         **claims,
     }
-    if settings.aws_session_tags:
-        token[AWS_TAGS_CLAIM] = session_tags(claims, settings.aws_session_tags)
+    tags = session_tags(claims, settings.aws_session_tags)
+    # No claim at all when the build has none of the tag claims (they may be optional): an
+    # empty tag set is not something STS documents accepting.
+    if tags["principal_tags"]:
+        token[AWS_TAGS_CLAIM] = tags
     return token

@@ -216,7 +216,7 @@ def test_environment_is_a_built_in_claim_for_the_variables() -> None:
     bare = id_token_claims(parse_context(CONTEXT), ["sts.amazonaws.com"], settings, 0)
     assert "environment" not in bare
     assert bare["sub"] == "repo:octo-org/octo-repo"
-    assert bare["https://aws.amazon.com/tags"] == {"principal_tags": {}}
+    assert "https://aws.amazon.com/tags" not in bare
 
 
 # --- the subject rules -----------------------------------------------------------------------
