@@ -17,6 +17,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from idp.errors import ConfigError
+from idp.tokens.vocabulary import (
+    BUILTIN_POLICY,
+    CONTEXT_CLAIMS,
+    DEFAULT_SUBJECT_CLAIMS,
+    ClaimPolicy,
+    parse_claim_list,
+)
+
+__all__ = ["CONTEXT_CLAIMS", "ConfigError", "Settings", "load_settings"]
 
 # The algorithms AWS STS accepts for OIDC ID tokens, with the key each one needs.
 SIGNING_ALGS: dict[str, tuple[str, str | int]] = {
@@ -27,26 +36,6 @@ SIGNING_ALGS: dict[str, tuple[str, str | int]] = {
     "ES384": ("EC", "P-384"),
     "ES512": ("EC", "P-521"),
 }
-
-# Claims that come from the build context; `sub` and the AWS session tags are built from these.
-CONTEXT_CLAIMS = (
-    "repo",
-    "ref",
-    "sha",
-    "event",
-    "branch",
-    "build_id",
-    "build_number",
-    "actor",
-    "actor_scm_id",
-    "pull_fork",
-    "step",
-    "image",
-    "image_name",
-    "image_tag",
-    "commands",
-    "request",
-)
 
 DEFAULT_ISSUER = "http://127.0.0.1:8080/_services/token"
 # The port sentinels listen on unless told otherwise (redis.io's Sentinel documentation).
@@ -92,9 +81,11 @@ class Settings:
     signing_alg: str = "RS256"
     token_ttl: int = 300
     rotation_period: int = 86400
-    subject_claims: tuple[str, ...] = ("repo", "ref", "event")
+    subject_claims: tuple[str, ...] = DEFAULT_SUBJECT_CLAIMS
     audiences: tuple[str, ...] | None = None
     aws_session_tags: tuple[str, ...] = ()
+    # IDP_CLAIMS_FILE, read once here: the build-context fields, the subject rules.
+    claim_policy: ClaimPolicy = BUILTIN_POLICY
     # Not in the outside contract, but operators may need them; see README "Key life".
     jwks_max_age: int = 300
     clock_skew: int = 60
@@ -208,9 +199,7 @@ def _positive_number(env: Mapping[str, str], name: str, default: float, example:
 
 
 def _csv(raw: str | None) -> tuple[str, ...]:
-    if raw is None:
-        return ()
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return parse_claim_list(raw)
 
 
 # The shortest secret accepted: 32 characters of `secrets.token_urlsafe` carry 192 bits.
@@ -228,19 +217,46 @@ def _secrets(env: Mapping[str, str], name: str, what: str) -> tuple[str, ...]:
     return secrets
 
 
-def _claim_list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+def _claim_list(
+    env: Mapping[str, str],
+    name: str,
+    default: tuple[str, ...],
+    policy: ClaimPolicy = BUILTIN_POLICY,
+) -> tuple[str, ...]:
     raw = _raw(env, name)
     if raw is None:
         return default
     claims = _csv(raw)
+    known = policy.claim_names
     for claim in claims:
-        if claim not in CONTEXT_CLAIMS:
+        if claim not in known:
             raise ConfigError(
-                f"{name} names unknown claim {claim!r}: use keys from {', '.join(CONTEXT_CLAIMS)}"
+                f"{name} names unknown claim {claim!r}: use keys from {', '.join(known)}"
             )
     if len(set(claims)) != len(claims):
         raise ConfigError(f"{name}={raw!r} repeats a claim: list each claim once")
     return claims
+
+
+def _subject_claims(env: Mapping[str, str], policy: ClaimPolicy) -> tuple[str, ...]:
+    subject_claims = _claim_list(env, "IDP_SUBJECT_CLAIMS", DEFAULT_SUBJECT_CLAIMS, policy)
+    # A rule without `match` applies to every token: IDP_SUBJECT_CLAIMS is then never used.
+    if any(not rule.match for rule in policy.subjects):
+        return subject_claims
+    identity = policy.identity
+    if subject_claims[: len(identity)] != identity:
+        if policy.source is None:
+            raise ConfigError(
+                "IDP_SUBJECT_CLAIMS must start with 'repo' so that every subject names its "
+                "repository: e.g. repo,ref,event"
+            )
+        raise ConfigError(
+            f"IDP_SUBJECT_CLAIMS ({','.join(subject_claims)}) must start with the identity "
+            f"claims of {policy.source} ({','.join(identity)}) so that every subject names its "
+            f"owner: set it to e.g. {','.join(identity)}, or end `subjects` with a rule "
+            "without match"
+        )
+    return subject_claims
 
 
 def validate_issuer(issuer: str, name: str = "IDP_ISSUER") -> str:
@@ -300,12 +316,19 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             f"{', '.join(SIGNING_ALGS)}"
         )
 
-    subject_claims = _claim_list(env, "IDP_SUBJECT_CLAIMS", ("repo", "ref", "event"))
-    if not subject_claims or subject_claims[0] != "repo":
-        raise ConfigError(
-            "IDP_SUBJECT_CLAIMS must start with 'repo' so that every subject names its "
-            "repository: e.g. repo,ref,event"
-        )
+    claims_file = _raw(env, "IDP_CLAIMS_FILE")
+    if claims_file is None:
+        policy = BUILTIN_POLICY
+    else:
+        from idp.tokens.claims_file import load_claims_file
+
+        policy = load_claims_file(claims_file.strip())
+    subject_claims = _subject_claims(env, policy)
+    session_tags = (
+        policy.session_tags
+        if policy.session_tags is not None
+        else _claim_list(env, "IDP_AWS_SESSION_TAGS", (), policy)
+    )
 
     audiences_raw = _raw(env, "IDP_AUDIENCES")
     audiences = _csv(audiences_raw) if audiences_raw is not None else None
@@ -335,7 +358,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         subject_claims=subject_claims,
         audiences=audiences,
-        aws_session_tags=_claim_list(env, "IDP_AWS_SESSION_TAGS", ()),
+        aws_session_tags=session_tags,
+        claim_policy=policy,
         jwks_max_age=_positive_int(env, "IDP_JWKS_MAX_AGE", 300, "a number of seconds, e.g. 300"),
         clock_skew=_non_negative_int(env, "IDP_CLOCK_SKEW", 60),
         refresh_interval=_positive_number(

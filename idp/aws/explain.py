@@ -53,7 +53,7 @@ from idp.aws.policy_eval import (
     session_tags,
 )
 from idp.aws.register import check_url_syntax
-from idp.aws.tags import TAG_VALUE_MAX, clean_tag_value, is_valid_tag_key
+from idp.tokens.tags import TAG_VALUE_MAX, clean_tag_value, is_valid_tag_key
 
 __all__ = [
     "Check",

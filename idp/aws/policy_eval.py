@@ -38,7 +38,7 @@ from idp.aws.conditions import (
     policy_values,
 )
 from idp.aws.trust_policy import ASSUME_ROLE, TAG_SESSION, string_like, tag_pattern
-from idp.config import CONTEXT_CLAIMS
+from idp.tokens.vocabulary import CONTEXT_CLAIMS, DEFAULT_SUBJECT_CLAIMS, REGISTERED_CLAIMS
 
 TAGS_CLAIM = "https://aws.amazon.com/tags"
 SOURCE_IDENTITY_CLAIM = "https://aws.amazon.com/source_identity"
@@ -90,6 +90,8 @@ class Context:
     provider_url: str
     values: dict[str, list[str]]
     session_name_known: bool
+    # The token's own context claims (a claims file declares more than the built-ins).
+    token_claims: frozenset[str] = frozenset()
 
     def lookup(self, key: str) -> tuple[str, list[str] | None]:
         """(kind, values): kind is `known`, `claim` (a claim AWS does not evaluate),
@@ -146,7 +148,10 @@ def request_context(
         values["sts:sourceidentity"] = [claims[SOURCE_IDENTITY_CLAIM]]
     if session_name is not None:
         values["sts:rolesessionname"] = [session_name]
-    return Context(provider_url, values, session_name is not None)
+    declared = frozenset(
+        name for name in claims if isinstance(name, str) and name not in REGISTERED_CLAIMS
+    )
+    return Context(provider_url, values, session_name is not None, declared)
 
 
 # --- the trust policy ------------------------------------------------------------------
@@ -306,7 +311,7 @@ def _condition(
     detail = f"{key} is {seen}, wants {shown}"
     if kind == "claim":
         claim = key[len(context.provider_url) + 1 :]
-        fix = _claim_fix(claim, operator, wanted)
+        fix = _claim_fix(claim, operator, wanted, context.token_claims)
         if result:
             return (
                 Check(
@@ -404,8 +409,15 @@ def _condition_fix(
     return f"the request has {key} = {actual}: change the condition or what is sent"
 
 
-def _claim_fix(claim: str, operator: Operator, wanted: Sequence[str]) -> str:
-    if claim not in CONTEXT_CLAIMS:
+def _claim_fix(
+    claim: str,
+    operator: Operator,
+    wanted: Sequence[str],
+    token_claims: frozenset[str] = frozenset(),
+) -> str:
+    # A claim of the token (built in, or declared by the issuer's claims file) can reach AWS
+    # through sub or a session tag; any other name is nothing the issuer sends.
+    if claim not in CONTEXT_CLAIMS and claim not in token_claims:
         return f"AWS never sees {claim!r}: match sub, or a session tag, instead"
     value = wanted[0] if wanted else "*"
     tag_value = tag_pattern(value) or value
@@ -419,7 +431,7 @@ def _claim_fix(claim: str, operator: Operator, wanted: Sequence[str]) -> str:
     return (
         f"put {claim} in session tags (IDP_AWS_SESSION_TAGS={claim}) and match "
         f'"{tag_op}": {{"aws:RequestTag/{claim}": "{tag_value}"}} with sts:TagSession allowed, '
-        f"or put it in sub (IDP_SUBJECT_CLAIMS=repo,ref,event,{claim}); "
+        f"or put it in sub (IDP_SUBJECT_CLAIMS={','.join((*DEFAULT_SUBJECT_CLAIMS, claim))}); "
         f"`idp aws trust-policy {flag} ...` writes either"
     )
 

@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 from idp.aws import DEFAULT_AUDIENCE
 from idp.aws.errors import ProviderUrlError
 from idp.aws.iam import aws_errors, error_code
-from idp.aws.tags import TAG_VALUE_MAX, is_valid_tag_key
+from idp.tokens.tags import TAG_VALUE_MAX, is_valid_tag_key
 
 MAX_THUMBPRINTS = 5  # AWS's limit per provider
 MAX_AUDIENCES = 100

@@ -14,27 +14,42 @@ two ways, and this module uses whichever the issuer offers:
   must then also allow `sts:TagSession` (without it, every token that carries tags is refused).
 
 A request that neither way can express is refused, naming the setting to turn on; so is a
-policy without a condition on the repository, which any pipeline could assume.
+policy without a condition on the repository (or, with a claims file, on its identity claims),
+which any pipeline could assume.
+
+With `IDP_CLAIMS_FILE`, `sub` follows the file's subject rules: the rule that the `--match`
+globs select builds the pattern (a choice that depends on values the globs leave open is
+refused, naming the rules), and a claim the issuer leaves out of `sub` when absent gets one
+pattern per shape `sub` can take (AWS ORs a condition's values).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 from idp.aws import DEFAULT_AUDIENCE
 from idp.aws.errors import TrustPolicyError
-from idp.aws.tags import TAG_VALUE_MAX, tag_value_problem
-from idp.config import CONTEXT_CLAIMS
 from idp.tokens.claims import escape_subject_value
+from idp.tokens.tags import TAG_VALUE_MAX, tag_value_problem
+from idp.tokens.vocabulary import (
+    BUILTIN_POLICY,
+    DEFAULT_SUBJECT_CLAIMS,
+    ClaimPolicy,
+    SubjectRule,
+    parse_claim_list,
+)
 
 ASSUME_ROLE = "sts:AssumeRoleWithWebIdentity"
 TAG_SESSION = "sts:TagSession"
 POLICY_VERSION = "2012-10-17"
-DEFAULT_SUBJECT_CLAIMS = ("repo", "ref", "event")
+# AWS ORs a condition's values; past this many shapes of sub, constrain the optional claims.
+MAX_SUBJECT_SHAPES = 16
 
 PROVIDER_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:oidc-provider/(?P<url>[^\s:?#]+)")
 ROLE_NAME = re.compile(r"[\w+=,.@-]{1,64}")
@@ -57,33 +72,44 @@ _FLAGS = {
 
 @dataclass(frozen=True)
 class IssuerShape:
-    """How the issuer exposes claims to AWS: the subject's claims and the session tags."""
+    """How the issuer exposes claims to AWS: the subject's claims (its default, and the claims
+    file's subject rules) and the session tags."""
 
     subject_claims: tuple[str, ...] = DEFAULT_SUBJECT_CLAIMS
     session_tags: tuple[str, ...] = ()
+    policy: ClaimPolicy = BUILTIN_POLICY
 
     def __post_init__(self) -> None:
+        known = self.policy.claim_names
         for name, claims in (
             ("--subject-claims (IDP_SUBJECT_CLAIMS)", self.subject_claims),
             ("--session-tags (IDP_AWS_SESSION_TAGS)", self.session_tags),
         ):
-            unknown = [c for c in claims if c not in CONTEXT_CLAIMS]
+            unknown = [c for c in claims if c not in known]
             if unknown:
                 raise TrustPolicyError(
-                    f"{name} names unknown claim {unknown[0]!r}: use keys from "
-                    f"{', '.join(CONTEXT_CLAIMS)}"
+                    f"{name} names unknown claim {unknown[0]!r}: use keys from {', '.join(known)}"
                 )
             if len(set(claims)) != len(claims):
                 raise TrustPolicyError(f"{name} repeats a claim: list each claim once")
-        if not self.subject_claims or self.subject_claims[0] != "repo":
+        if any(not rule.match for rule in self.policy.subjects):
+            return  # a rule for every token: IDP_SUBJECT_CLAIMS is never used
+        identity = self.policy.identity
+        if self.subject_claims[: len(identity)] != identity:
             raise TrustPolicyError(
-                "--subject-claims (IDP_SUBJECT_CLAIMS) must start with repo, as the issuer's "
-                "does: e.g. repo,ref,event"
+                f"--subject-claims (IDP_SUBJECT_CLAIMS) must start with {','.join(identity)}, "
+                f"as the issuer's does: e.g. {','.join((*identity, 'ref', 'event'))}"
+                if identity == ("repo",)
+                else f"--subject-claims (IDP_SUBJECT_CLAIMS) must start with the identity "
+                f"claims {','.join(identity)}, as the issuer's does"
             )
 
+    @property
+    def is_repo_identity(self) -> bool:
+        return self.policy.identity == ("repo",)
 
-def parse_claim_list(raw: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+__all__ = ["IssuerShape", "Wanted", "build_trust_policy", "parse_claim_list"]
 
 
 # --- what the operator asks for --------------------------------------------------------
@@ -101,13 +127,32 @@ class Wanted:
     claims: tuple[tuple[str, str], ...] = ()  # any other claim: (key, pattern)
     audience: str = DEFAULT_AUDIENCE
     allow_any_repo: bool = False
+    # --match CLAIM=GLOB: a claim of sub, kept even when only '*' (it asks for the claim).
+    matches: tuple[tuple[str, str], ...] = ()
 
-    def patterns(self) -> dict[str, str]:
+    def matched(self) -> dict[str, str]:
+        """--match claim -> pattern (`--repo` is a --match repo=...)."""
+        found: dict[str, str] = {}
+        for claim, value in self.matches:
+            if claim in found or (claim == "repo" and self.repo is not None):
+                raise TrustPolicyError(
+                    f"{claim} is asked for twice: give --match {claim}=... once"
+                    + (" (or --repo, not both)" if claim == "repo" else "")
+                )
+            found[claim] = value
+        return found
+
+    def patterns(
+        self, known: Sequence[str] = BUILTIN_POLICY.claim_names, identity: Sequence[str] = ("repo",)
+    ) -> dict[str, str]:
         """claim -> pattern for every claim the policy must constrain."""
         patterns: dict[str, str] = {}
-        repo = _repo_pattern(self.repo, self.allow_any_repo)
-        if repo is not None:
-            patterns["repo"] = repo
+        matched = self.matched()
+        repo_wanted = self.repo if self.repo is not None else matched.pop("repo", None)
+        if tuple(identity) == ("repo",) or repo_wanted is not None:
+            repo = _repo_pattern(repo_wanted, self.allow_any_repo)
+            if repo is not None:
+                patterns["repo"] = repo
         for claim, value in (("ref", self.ref), ("event", self.event)):
             if value is not None:
                 patterns[claim] = _check_pattern(value, f"--{claim}")
@@ -115,11 +160,32 @@ class Wanted:
             patterns.update(_image_patterns(self.image))
         if self.commands is not None:
             patterns["commands"] = "true" if self.commands else "false"
+        for claim, value in matched.items():
+            if claim not in known:
+                raise TrustPolicyError(
+                    f"--match {claim}=... names no claim of the token: use one of "
+                    f"{', '.join(known)}"
+                )
+            if claim in patterns:
+                raise TrustPolicyError(f"{claim} is asked for twice: give it once, by --match")
+            patterns[claim] = _check_pattern(value, f"--match {claim}")
+        # As --repo for Vela: a policy must pin whose tokens it admits.
+        if (
+            tuple(identity) != ("repo",)
+            and not self.allow_any_repo
+            and not any(_WILDCARD.sub("", patterns.get(claim, "")) for claim in identity)
+        ):
+            first = identity[0]
+            raise TrustPolicyError(
+                f"no --match on the identity claims ({', '.join(identity)}): without one any "
+                f"pipeline could assume the role; pass --match {first}=VALUE, or "
+                "--allow-any-repo if that is intended"
+            )
         for claim, value in self.claims:
-            if claim not in CONTEXT_CLAIMS:
+            if claim not in known:
                 raise TrustPolicyError(
                     f"--claim {claim}=... names no claim of the token: use one of "
-                    f"{', '.join(CONTEXT_CLAIMS)}"
+                    f"{', '.join(known)}"
                 )
             if claim in patterns or claim in ("repo", "image_name", "image_tag"):
                 flag = _FLAGS.get(claim, "--claim")
@@ -127,8 +193,11 @@ class Wanted:
                     f"{claim} is asked for twice: use {flag} once (not --claim {claim}=...)"
                 )
             patterns[claim] = _check_pattern(value, f"--claim {claim}")
-        # A pattern of only wildcards constrains nothing: leave it out.
-        return {c: p for c, p in patterns.items() if _WILDCARD.sub("", p) or c == "repo"}
+        # A pattern of only wildcards constrains nothing: leave it out (a --match keeps it: it
+        # asks for a claim that sub may leave out).
+        return {
+            c: p for c, p in patterns.items() if _WILDCARD.sub("", p) or c == "repo" or c in matched
+        }
 
 
 def _check_pattern(pattern: str, flag: str) -> str:
@@ -200,7 +269,11 @@ def _image_patterns(image: str) -> dict[str, str]:
 class Condition:
     test: str  # StringEquals or StringLike
     variable: str
-    value: str
+    value: str | list[str]  # several: AWS ORs them
+
+    @property
+    def values(self) -> list[str]:
+        return [self.value] if isinstance(self.value, str) else list(self.value)
 
 
 @dataclass(frozen=True)
@@ -210,7 +283,7 @@ class TrustPolicy:
     conditions: tuple[Condition, ...] = field(default_factory=tuple)
 
     def document(self) -> dict[str, Any]:
-        conditions: dict[str, dict[str, str]] = {}
+        conditions: dict[str, dict[str, str | list[str]]] = {}
         for condition in self.conditions:
             conditions.setdefault(condition.test, {})[condition.variable] = condition.value
         statement = {
@@ -244,7 +317,7 @@ class TrustPolicy:
                 "    condition {",
                 f"      test     = {_hcl(condition.test)}",
                 f"      variable = {_hcl(condition.variable)}",
-                f"      values   = {_hcl_list([condition.value])}",
+                f"      values   = {_hcl_list(condition.values)}",
                 "    }",
             ]
         lines += [
@@ -278,17 +351,31 @@ def build_trust_policy(provider_arn: str, wanted: Wanted, shape: IssuerShape) ->
         raise TrustPolicyError(
             f"--audience {wanted.audience!r} is not usable: e.g. {DEFAULT_AUDIENCE}"
         )
-    patterns = wanted.patterns()
-    in_subject = {c: p for c, p in patterns.items() if c in shape.subject_claims}
+    policy = shape.policy
+    patterns = wanted.patterns(policy.claim_names, policy.identity)
+    rule = select_rule(policy.subjects, patterns)
+    subject_claims = rule.claims if rule is not None else shape.subject_claims
+    in_subject = {c: p for c, p in patterns.items() if c in subject_claims}
     in_tags = {c: p for c, p in patterns.items() if c not in in_subject and c in shape.session_tags}
     missing = [c for c in patterns if c not in in_subject and c not in in_tags]
+    # `--match event=push` that only picks the rule (`match: {event: push}`) is kept by sub's
+    # shape when no other rule shares it; then it needs no condition of its own.
+    missing = [
+        c for c in missing if not _enforced_by_shape(c, patterns[c], rule, shape, in_subject)
+    ]
+    if missing and (rule is not None or policy.subjects):
+        raise TrustPolicyError(_rule_message(missing, rule, subject_claims, policy))
     if missing:
         raise TrustPolicyError(_missing_message(missing, shape))
 
     conditions = [Condition("StringEquals", f"{url}:aud", wanted.audience)]
     if in_subject:
-        subject = subject_pattern(in_subject, shape.subject_claims)
-        conditions.append(Condition(_test(subject), f"{url}:sub", subject))
+        subjects = subject_patterns(in_subject, subject_claims, policy)
+        conditions.append(
+            Condition(
+                _test(*subjects), f"{url}:sub", subjects[0] if len(subjects) == 1 else subjects
+            )
+        )
     for claim, pattern in in_tags.items():
         value = tag_pattern(pattern, claim)
         conditions.append(Condition(_test(value), f"aws:RequestTag/{claim}", value))
@@ -304,12 +391,136 @@ def build_trust_policy(provider_arn: str, wanted: Wanted, shape: IssuerShape) ->
     )
 
 
-def subject_pattern(patterns: Mapping[str, str], subject_claims: Iterable[str]) -> str:
-    """A `StringLike` pattern for `sub`: each claim's pattern in its place, `*` elsewhere."""
+def _term(wanted: str | None, glob: str) -> bool | None:
+    """Whether every value `wanted` admits matches the rule's `glob`: True (all do), False
+    (none does), None (it depends on the value)."""
+    if wanted is None:
+        return None
+    if not _WILDCARD.search(wanted):
+        return fnmatchcase(wanted, glob)
+    if wanted == glob or glob == "*":
+        return True
+    return None
+
+
+def select_rule(rules: Sequence[SubjectRule], patterns: Mapping[str, str]) -> SubjectRule | None:
+    """The subject rule every token these patterns admit falls under (None: no rule, so
+    IDP_SUBJECT_CLAIMS); refuse when that depends on values the patterns leave open."""
+    undecided: list[str] = []
+    for rule in rules:
+        terms = [_term(patterns.get(claim), glob) for claim, glob in rule.match]
+        if False in terms:
+            continue
+        if all(terms):
+            if undecided:
+                raise _ambiguous([*undecided, rule.describe()])
+            return rule
+        undecided.append(rule.describe())
+    if undecided:
+        raise _ambiguous([*undecided, "IDP_SUBJECT_CLAIMS (when no rule matches)"])
+    return None
+
+
+def _ambiguous(candidates: list[str]) -> TrustPolicyError:
+    return TrustPolicyError(
+        f"the --match values leave open which subject rule builds sub: {' or '.join(candidates)} "
+        "could apply; give --match values that select one rule (a value each of its globs "
+        "matches and no earlier rule's does)"
+    )
+
+
+def _rule_message(
+    missing: list[str], rule: SubjectRule | None, keys: Sequence[str], policy: ClaimPolicy
+) -> str:
+    which = rule.describe() if rule is not None else "IDP_SUBJECT_CLAIMS (no subject rule matches)"
+    return (
+        f"{which} builds sub from {','.join(keys)}: a condition on {', '.join(missing)} could "
+        f"never be enforced (AWS sees only aud, sub and session tags); drop that --match, or "
+        f"add {missing[0]} to that rule's claims in {policy.source or 'the claims file'} "
+        "(change the roles' trust policies first: tokens change shape at once)"
+    )
+
+
+def subject_shapes(
+    patterns: Mapping[str, str], subject_claims: Iterable[str], policy: ClaimPolicy = BUILTIN_POLICY
+) -> list[tuple[tuple[str, ...], str]]:
+    """Every shape `sub` can take under these patterns: (its keys, its `StringLike` pattern).
+    Each claim's pattern is in its place, `key:*` for another claim every token has; a claim
+    that may be absent (sub then leaves it out) gives shapes with and without its place."""
     claims = list(subject_claims)
     for claim, pattern in patterns.items():
-        _refuse_shiftable(claim, pattern, claims)
-    return ":".join(f"{c}:{escape_subject_value(patterns.get(c, '*'))}" for c in claims)
+        # Only wildcards (`--match environment='*'`) is the `key:*` of an unconstrained claim.
+        if _WILDCARD.sub("", pattern):
+            _refuse_shiftable(claim, pattern, claims)
+    optional = [c for c in claims if c not in patterns and not policy.is_always_present(c)]
+    if 2 ** len(optional) > MAX_SUBJECT_SHAPES:
+        raise TrustPolicyError(
+            f"sub can take {2 ** len(optional)} shapes (optional claims "
+            f"{', '.join(optional)}): --match some of them (e.g. --match {optional[0]}='*' to "
+            "require it)"
+        )
+    shapes: list[tuple[tuple[str, ...], str]] = []
+    # Fewest claims first: the shape most tokens of a deployment tool have.
+    for absent in itertools.product((True, False), repeat=len(optional)):
+        left_out = {claim for claim, out in zip(optional, absent, strict=True) if out}
+        keys = tuple(claim for claim in claims if claim not in left_out)
+        if keys:
+            pattern = ":".join(f"{c}:{escape_subject_value(patterns.get(c, '*'))}" for c in keys)
+            shapes.append((keys, pattern))
+    return shapes
+
+
+def subject_patterns(
+    patterns: Mapping[str, str], subject_claims: Iterable[str], policy: ClaimPolicy = BUILTIN_POLICY
+) -> list[str]:
+    """The `StringLike` values for `sub`, one per shape (AWS ORs them), without those another
+    already covers."""
+    shapes = list(
+        dict.fromkeys(pattern for _, pattern in subject_shapes(patterns, subject_claims, policy))
+    )
+    # A shape that extends one ending in '*' adds nothing: that '*' already spans the rest.
+    return [
+        shape
+        for shape in shapes
+        if not any(
+            other != shape and other.endswith("*") and shape.startswith(other) for other in shapes
+        )
+    ]
+
+
+def _key_sequences(claims: Sequence[str], policy: ClaimPolicy) -> set[tuple[str, ...]]:
+    """Every sequence of keys a sub built from `claims` can have (absent claims left out)."""
+    optional = [c for c in claims if not policy.is_always_present(c)]
+    found = set()
+    for absent in itertools.product((True, False), repeat=min(len(optional), 12)):
+        left_out = {c for c, out in zip(optional, absent, strict=False) if out}
+        found.add(tuple(c for c in claims if c not in left_out))
+    return found
+
+
+def _enforced_by_shape(
+    claim: str,
+    wanted: str,
+    rule: SubjectRule | None,
+    shape: IssuerShape,
+    patterns: Mapping[str, str],
+) -> bool:
+    """Whether a --match on a claim outside sub is enforced anyway: it repeats a glob of the
+    rule that builds sub, and no other rule (nor IDP_SUBJECT_CLAIMS) builds a sub with the
+    same keys, so a token whose sub has this shape passed that very glob."""
+    if rule is None or dict(rule.match).get(claim) != wanted:
+        return False
+    policy = shape.policy
+    ours = {keys for keys, _ in subject_shapes(patterns, rule.claims, policy)}
+    others = [other.claims for other in policy.subjects if other is not rule]
+    if not any(not other.match for other in policy.subjects):
+        others.append(shape.subject_claims)
+    return not any(ours & _key_sequences(claims, policy) for claims in others)
+
+
+def subject_pattern(patterns: Mapping[str, str], subject_claims: Iterable[str]) -> str:
+    """A `StringLike` pattern for `sub` when every claim of it is always present."""
+    return subject_patterns(patterns, subject_claims)[0]
 
 
 def tag_pattern(pattern: str, claim: str = "") -> str:
@@ -357,8 +568,8 @@ def string_like(pattern: str) -> re.Pattern[str]:
     return re.compile(body, re.DOTALL)
 
 
-def _test(value: str) -> str:
-    return "StringLike" if _WILDCARD.search(value) else "StringEquals"
+def _test(*values: str) -> str:
+    return "StringLike" if any(_WILDCARD.search(value) for value in values) else "StringEquals"
 
 
 def _missing_message(missing: list[str], shape: IssuerShape) -> str:

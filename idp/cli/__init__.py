@@ -33,7 +33,7 @@ def _register_optional() -> None:
     # Command groups built in their own modules; each module registers itself here.
     import importlib
 
-    for module in ("idp.cli.aws", "idp.cli.runner"):
+    for module in ("idp.cli.aws", "idp.cli.runner", "idp.cli.claims"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

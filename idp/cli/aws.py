@@ -7,6 +7,7 @@ and why goes to stderr.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
@@ -52,6 +53,8 @@ from idp.aws.trust_policy import (
 )
 from idp.config import load_settings
 from idp.errors import IdpError
+from idp.tokens.claims_file import load_claims_file
+from idp.tokens.vocabulary import BUILTIN_POLICY
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -236,7 +239,24 @@ def _policy_options(function: F) -> F:
         click.option(
             "--repo",
             metavar="PATTERN",
-            help="Repositories let in: ORG/REPO or ORG/* (AWS StringLike: * and ?).",
+            help="Repositories let in: ORG/REPO or ORG/* (AWS StringLike: * and ?); "
+            "shorthand for --match repo=PATTERN.",
+        ),
+        click.option(
+            "--match",
+            "matches",
+            multiple=True,
+            metavar="CLAIM=GLOB",
+            help="A claim of sub to match (e.g. project=aws-*; '*' requires the claim); "
+            "picks the claims file's subject rule; repeatable.",
+        ),
+        click.option(
+            "--claims-file",
+            metavar="FILE",
+            envvar="IDP_CLAIMS_FILE",
+            show_envvar=True,
+            show_default="none: the built-in claims",
+            help="The issuer's claims file: its declared claims and subject rules.",
         ),
         click.option(
             "--image",
@@ -304,17 +324,27 @@ def _trust_policy(
     subject_claims: str | None,
     session_tags: str | None,
     allow_any_repo: bool,
+    matches: tuple[str, ...] = (),
+    claims_file: str | None = None,
 ) -> TrustPolicy:
+    policy = load_claims_file(claims_file) if claims_file else BUILTIN_POLICY
     if subject_claims is None or session_tags is None:
         # Run where the issuer is configured: its settings say how it builds sub and tags.
-        settings = load_settings()
+        env = dict(os.environ)
+        if claims_file:
+            env.pop("IDP_CLAIMS_FILE_FILE", None)
+            env["IDP_CLAIMS_FILE"] = claims_file
+        settings = load_settings(env)
         if subject_claims is None:
             subject_claims = ",".join(settings.subject_claims)
         if session_tags is None:
             session_tags = ",".join(settings.aws_session_tags)
+    tags = parse_claim_list(session_tags)
     shape = IssuerShape(
         subject_claims=parse_claim_list(subject_claims),
-        session_tags=parse_claim_list(session_tags),
+        # The file's session_tags override IDP_AWS_SESSION_TAGS on the issuer: here too.
+        session_tags=policy.session_tags if policy.session_tags is not None else tags,
+        policy=policy,
     )
     wanted = Wanted(
         repo=repo,
@@ -323,6 +353,7 @@ def _trust_policy(
         ref=ref,
         event=event,
         claims=tuple(_key_value(claim, "--claim") for claim in claims),
+        matches=tuple(_key_value(match, "--match") for match in matches),
         audience=audience,
         allow_any_repo=allow_any_repo,
     )

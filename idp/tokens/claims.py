@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from idp.aws.tags import tag_value_problem
 from idp.config import Settings
 from idp.errors import InvalidAudience, InvalidRequest
 from idp.tokens.context import BuildContext
+from idp.tokens.tags import tag_value_problem
 
 AUDIENCE_MAX = 256
 AUDIENCES_MAX = 10
@@ -25,26 +25,15 @@ _PRINTABLE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 
 
 def context_claims(ctx: BuildContext) -> dict[str, str]:
-    """Every context claim as a string, as Vela (since v0.27) and GitHub send them."""
-    image = ctx.image_ref
-    return {
-        "repo": ctx.repo,
-        "ref": ctx.ref,
-        "sha": ctx.sha,
-        "event": ctx.event,
-        "branch": ctx.branch,
-        "build_id": ctx.build_id,
-        "build_number": ctx.build_number,
-        "actor": ctx.actor,
-        "actor_scm_id": ctx.actor_scm_id,
-        "pull_fork": "true" if ctx.pull_fork else "false",
-        "step": ctx.step,
-        "image": ctx.image,
-        "image_name": image.name,
-        "image_tag": image.tag,
-        "commands": "true" if ctx.commands else "false",
-        "request": ctx.request,
-    }
+    """Every claim the context gives, as strings, as Vela (since v0.27) and GitHub send them;
+    an absent optional field gives no claim (not an empty string)."""
+    claims: dict[str, str] = {}
+    for name, value in ctx.fields().items():
+        claims[name] = ("true" if value else "false") if isinstance(value, bool) else value
+        if name == "image" and ctx.image_ref is not None:
+            claims["image_name"] = ctx.image_ref.name
+            claims["image_tag"] = ctx.image_ref.tag
+    return claims
 
 
 def escape_subject_value(value: str) -> str:
@@ -53,14 +42,28 @@ def escape_subject_value(value: str) -> str:
     return value.replace("%", "%25").replace(":", "%3A")
 
 
-def build_subject(claims: dict[str, str], keys: Sequence[str]) -> str:
-    """GitHub's shape: `key:value` pairs joined by ':' (`repo:o/r:ref:refs/heads/main:...`)."""
-    return ":".join(f"{key}:{escape_subject_value(claims[key])}" for key in keys)
+def build_subject(claims: Mapping[str, str], keys: Sequence[str]) -> str:
+    """GitHub's shape: `key:value` pairs joined by ':' (`repo:o/r:ref:refs/heads/main:...`).
+
+    A key whose claim is absent is left out (as Octopus does): the keys stay in the subject,
+    so it still reads back to exactly the claims it was built from.
+    """
+    return ":".join(f"{key}:{escape_subject_value(claims[key])}" for key in keys if key in claims)
 
 
-def session_tags(claims: dict[str, str], keys: Sequence[str]) -> dict[str, Any]:
+def subject_of(claims: Mapping[str, str], settings: Settings) -> str:
+    """The token's `sub`: the first matching subject rule of the claims file, else
+    IDP_SUBJECT_CLAIMS."""
+    return build_subject(
+        claims, settings.claim_policy.subject_keys(claims, settings.subject_claims)
+    )
+
+
+def session_tags(claims: Mapping[str, str], keys: Sequence[str]) -> dict[str, Any]:
     """The principal tags, each the claim's value verbatim; a value that AWS's tag characters
-    cannot carry is refused (folding it would let it match another value's tag)."""
+    cannot carry is refused (folding it would let it match another value's tag). A claim the
+    build does not have gives no tag (a policy on it then fails closed)."""
+    keys = [key for key in keys if key in claims]
     for key in keys:
         problem = tag_value_problem(claims[key])
         if problem is not None:
@@ -123,7 +126,7 @@ def id_token_claims(
     claims = context_claims(ctx)
     token: dict[str, Any] = {
         "iss": settings.issuer,
-        "sub": build_subject(claims, settings.subject_claims),
+        "sub": subject_of(claims, settings),
         "aud": audiences[0] if len(audiences) == 1 else list(audiences),
         "exp": now + settings.token_ttl,
         "iat": now,
@@ -132,6 +135,9 @@ def id_token_claims(
         "token_type": "ID",
         **claims,
     }
-    if settings.aws_session_tags:
-        token[AWS_TAGS_CLAIM] = session_tags(claims, settings.aws_session_tags)
+    tags = session_tags(claims, settings.aws_session_tags)
+    # No claim at all when the build has none of the tag claims (they may be optional): an
+    # empty tag set is not something STS documents accepting.
+    if tags["principal_tags"]:
+        token[AWS_TAGS_CLAIM] = tags
     return token

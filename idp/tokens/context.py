@@ -1,8 +1,9 @@
 """The build context the CI server sends for each step, validated field by field.
 
-Claim policy is data (as in warehouse's `__required_verifiable_claims__`): `FIELDS` says, for
-every field, its kind, its limits and whether it may be empty, and the tests are parametrized
-from the same table, so a new field cannot go untested.
+Claim policy is data (as in warehouse's `__required_verifiable_claims__`): the claim policy
+(`idp.tokens.vocabulary`: the built-in `FIELDS` plus what `IDP_CLAIMS_FILE` declares) says, for
+every field, its kind, its limits, whether it may be empty or absent, and the tests are
+parametrized from the same table, so a new field cannot go untested.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
 from idp.errors import InvalidRequest
 from idp.tokens.images import ImageReference, InvalidImageReference, parse_image
-
-Kind = Literal["text", "id", "bool"]
+from idp.tokens.vocabulary import BUILTIN_FIELDS, BUILTIN_POLICY, ClaimPolicy, Field
 
 # Control characters (C0, DEL, C1) and the Unicode line/paragraph separators: nothing in a
 # claim may break a log line, a header or a subject.
@@ -37,68 +37,60 @@ def is_canonical_id(text: str) -> bool:
     return _ID.fullmatch(text) is not None
 
 
-@dataclass(frozen=True)
-class Field:
-    kind: Kind
-    max_length: int = 256
-    allow_empty: bool = False
-    # git forbids ':' in refs and branch names; refusing it keeps `sub` unambiguous to read.
-    no_colon: bool = False
-
-
-FIELDS: dict[str, Field] = {
-    "repo": Field("text", 201),
-    "ref": Field("text", 512, no_colon=True),
-    "sha": Field("text", 128),
-    "event": Field("text", 128),
-    "branch": Field("text", 512, allow_empty=True, no_colon=True),
-    "build_id": Field("id"),
-    "build_number": Field("id"),
-    "actor": Field("text", 256),
-    "actor_scm_id": Field("id", allow_empty=True),
-    "pull_fork": Field("bool"),
-    "step": Field("text", 256),
-    "image": Field("text", 512),
-    "commands": Field("bool"),
-    "request": Field("text", 256),
-}
+# The built-in fields (kept under their old name: the tests are parametrized from it).
+FIELDS: dict[str, Field] = BUILTIN_FIELDS
 
 MAX_TTL = 86400
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BuildContext:
-    repo: str
-    ref: str
-    sha: str
-    event: str
-    branch: str
+    """A validated build context. A built-in field the claims file made optional is None when
+    absent; declared claims are in `extra`, as the token carries them (strings)."""
+
     build_id: str
-    build_number: str
-    actor: str
-    actor_scm_id: str
-    pull_fork: bool
-    step: str
-    image: str
-    commands: bool
-    request: str
+    repo: str | None = None
+    ref: str | None = None
+    sha: str | None = None
+    event: str | None = None
+    branch: str | None = None
+    build_number: str | None = None
+    actor: str | None = None
+    actor_scm_id: str | None = None
+    pull_fork: bool | None = None
+    step: str | None = None
+    image: str | None = None
+    commands: bool | None = None
+    request: str | None = None
+    environment: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
     ttl: int | None = None
 
     @functools.cached_property
-    def image_ref(self) -> ImageReference:
+    def image_ref(self) -> ImageReference | None:
         # Cached: claims read it on every mint, and parse_context has parsed it already.
-        return parse_image(self.image)
+        return parse_image(self.image) if self.image is not None else None
 
     @property
-    def org(self) -> str:
-        return self.repo.split("/", 1)[0]
+    def org(self) -> str | None:
+        return self.repo.split("/", 1)[0] if self.repo is not None else None
 
     @property
-    def name(self) -> str:
-        return self.repo.split("/", 1)[1]
+    def name(self) -> str | None:
+        return self.repo.split("/", 1)[1] if self.repo is not None else None
+
+    def fields(self) -> dict[str, Any]:
+        """Every field the context has, built-ins first, as parsed (booleans as bool)."""
+        data: dict[str, Any] = {}
+        for name in BUILTIN_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = value
+        data.update(self.extra)
+        return data
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {name: getattr(self, name) for name in FIELDS}
+        data = self.fields()
         if self.ttl is not None:
             data["ttl"] = self.ttl
         return data
@@ -143,53 +135,83 @@ def _text(name: str, spec: Field, value: object) -> str:
     if value != value.strip():
         raise _bad(name, "has leading or trailing whitespace")
     if spec.no_colon and ":" in value:
-        raise _bad(name, "contains ':', which git refs cannot hold")
+        if name in BUILTIN_FIELDS:
+            raise _bad(name, "contains ':', which git refs cannot hold")
+        raise _bad(name, "contains ':', which a declared claim cannot hold (it would blur sub)")
     return value
 
 
-def parse_context(data: object) -> BuildContext:
-    """Validate a decoded JSON body, or raise InvalidRequest naming the field."""
+def _check_policy(name: str, spec: Field, value: str) -> None:
+    # The claims file's narrowing: an allow-list, a pattern the whole value must match.
+    if spec.values is not None and value not in spec.values:
+        raise _bad(name, f"is {_preview(value)}, not one of {', '.join(spec.values)}")
+    if spec.pattern is not None and re.fullmatch(spec.pattern, value) is None:
+        raise _bad(name, f"is {_preview(value)}, which does not match {spec.pattern!r}")
+
+
+def parse_value(name: str, spec: Field, value: object) -> str | bool:
+    """One field's value, checked by its kind and the claims file's rules; raise
+    InvalidRequest naming the field."""
+    if spec.kind == "bool":
+        if not isinstance(value, bool):
+            raise _bad(name, f"must be true or false, got {_preview(value)}")
+        return value
+    text = _text(name, spec, value)
+    _check_policy(name, spec, text)
+    return text
+
+
+def parse_context(data: object, policy: ClaimPolicy = BUILTIN_POLICY) -> BuildContext:
+    """Validate a decoded JSON body against the claim policy, or raise InvalidRequest naming
+    the field."""
     if not isinstance(data, Mapping):
         raise InvalidRequest("the build context must be a JSON object")
-    unknown = sorted(set(data) - set(FIELDS) - {"ttl"})
+    fields = policy.fields
+    unknown = sorted(set(data) - set(fields) - {"ttl"})
     if unknown:
+        where = f" ({policy.source})" if policy.source else ""
         raise InvalidRequest(
-            f"unknown build context field {unknown[0]!r}: the fields are "
-            f"{', '.join(FIELDS)} and optional ttl"
+            f"unknown build context field {unknown[0]!r}: the fields{where} are "
+            f"{', '.join(fields)} and optional ttl"
         )
-    missing = [name for name in FIELDS if name not in data]
+    missing = [name for name, spec in fields.items() if spec.required and name not in data]
     if missing:
         raise InvalidRequest(f"build context field {missing[0]!r} is missing")
 
     values: dict[str, Any] = {}
-    for name, spec in FIELDS.items():
-        value = data[name]
-        if spec.kind == "bool":
-            if not isinstance(value, bool):
-                raise _bad(name, f"must be true or false, got {_preview(value)}")
+    extra: dict[str, str] = {}
+    for name, spec in fields.items():
+        if name not in data:
+            continue
+        value = parse_value(name, spec, data[name])
+        if name in BUILTIN_FIELDS:
             values[name] = value
         else:
-            values[name] = _text(name, spec, value)
+            # Declared claims travel as the token carries them: strings ("true", "42").
+            extra[name] = ("true" if value else "false") if isinstance(value, bool) else value
 
     # Neither part may be '.' or '..': `../x` or `x/..` would read as a path to another repo
     # in every URL, file or policy pattern built from it.
-    if not _REPO.fullmatch(values["repo"]) or any(
-        part in (".", "..") for part in values["repo"].split("/")
+    repo = values.get("repo")
+    if repo is not None and (
+        not _REPO.fullmatch(repo) or any(part in (".", "..") for part in repo.split("/"))
     ):
         raise _bad(
             "repo", "must be 'org/name' (letters, digits, '.', '_', '-'; neither part '.' or '..')"
         )
-    try:
-        image = parse_image(values["image"])
-    except InvalidImageReference as exc:
-        raise _bad("image", f"is not an image reference: {exc}") from None
+    image: ImageReference | None = None
+    if "image" in values:
+        try:
+            image = parse_image(values["image"])
+        except InvalidImageReference as exc:
+            raise _bad("image", f"is not an image reference: {exc}") from None
 
     ttl = data.get("ttl")
     if ttl is not None and (
         isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= MAX_TTL
     ):
         raise _bad("ttl", f"must be a whole number of seconds from 1 to {MAX_TTL}")
-    context = BuildContext(**values, ttl=ttl)
+    context = BuildContext(**values, extra=extra, ttl=ttl)
     # The reference was parsed to validate it: keep it (cached_property's own slot), so a
     # mint parses the image once.
     context.__dict__["image_ref"] = image

@@ -23,6 +23,7 @@ from idp.errors import InvalidRequest, InvalidToken
 from idp.keys.ring import LEGACY_SECRET_ID
 from idp.store.base import LEGACY_EPOCH
 from idp.tokens.context import BuildContext, parse_context
+from idp.tokens.vocabulary import BUILTIN_POLICY, ClaimPolicy
 
 TYP = "idp-request+jwt"
 ALG = "HS256"
@@ -78,8 +79,18 @@ def issue(
     return RequestToken(token=token, jti=jti, expires_at=now + ttl, context=ctx, epoch=epoch)
 
 
-def verify(token: str, keys: Mapping[str, OctKey], issuer: str, now: int) -> RequestToken:
-    """Check signature, type, issuer, audience and time; raise InvalidToken saying which failed."""
+def verify(
+    token: str,
+    keys: Mapping[str, OctKey],
+    issuer: str,
+    now: int,
+    policy: ClaimPolicy = BUILTIN_POLICY,
+) -> RequestToken:
+    """Check signature, type, issuer, audience and time; raise InvalidToken saying which failed.
+
+    The context is checked again against today's claim policy: a token opened before the
+    claims file changed must not mint a token of a shape the file no longer allows.
+    """
     if len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
         raise InvalidToken(
             "the request token is malformed: pass the value of "
@@ -120,9 +131,12 @@ def verify(token: str, keys: Mapping[str, OctKey], issuer: str, now: int) -> Req
     except JoseError as exc:
         raise InvalidToken(f"the request token was not issued for this issuer ({exc})") from None
     try:
-        ctx = parse_context(decoded.claims.get("ctx"))
-    except InvalidRequest:
-        raise InvalidToken("the request token carries no valid build context") from None
+        ctx = parse_context(decoded.claims.get("ctx"), policy)
+    except InvalidRequest as exc:
+        raise InvalidToken(
+            f"the request token carries no valid build context ({exc.description}): ask the "
+            "CI server for a new one"
+        ) from None
     epoch = decoded.claims.get("ep", LEGACY_EPOCH)
     return RequestToken(
         token=token,

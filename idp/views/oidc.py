@@ -22,21 +22,20 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, request
 
-from idp.config import CONTEXT_CLAIMS, Settings
+from idp.config import Settings
 from idp.keys.keyring import KeyRing, Published
 from idp.ratelimit import RateLimits
+from idp.tokens.vocabulary import CONTEXT_CLAIMS, ClaimPolicy
 
-ID_TOKEN_CLAIMS = (
-    "iss",
-    "sub",
-    "aud",
-    "exp",
-    "iat",
-    "nbf",
-    "jti",
-    "token_type",
-    *CONTEXT_CLAIMS,
-)
+# The claims the issuer sets itself, before the context's.
+ISSUER_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "nbf", "jti", "token_type")
+# Without a claims file.
+ID_TOKEN_CLAIMS = (*ISSUER_CLAIMS, *CONTEXT_CLAIMS)
+
+
+def id_token_claims_of(policy: ClaimPolicy) -> tuple[str, ...]:
+    """`claims_supported`: the issuer's claims and every claim the policy's contexts give."""
+    return (*ISSUER_CLAIMS, *policy.claim_names)
 
 
 def conditional(
@@ -81,7 +80,7 @@ class _Discovery:
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": list(algs),
             "scopes_supported": ["openid"],
-            "claims_supported": list(ID_TOKEN_CLAIMS),
+            "claims_supported": list(id_token_claims_of(self.settings.claim_policy)),
         }
         body = json.dumps(document, separators=(",", ":")).encode()
         self._value = Published(body, '"' + hashlib.sha256(body).hexdigest()[:40] + '"')

@@ -70,7 +70,9 @@ def _open_request_token(settings: Settings) -> RequestToken:
     try:
         token = _bearer("the step's request token")
         now = int(time.time())
-        opened = request_tokens.verify(token, keyring().request_keys, settings.issuer, now)
+        opened = request_tokens.verify(
+            token, keyring().request_keys, settings.issuer, now, settings.claim_policy
+        )
     except InvalidToken:
         rate_limits().refused_step()  # a forged token spends its address's budget
         raise
@@ -121,9 +123,9 @@ def _exchange(settings: Settings) -> str:
         sub=claims["sub"],
         aud=claims["aud"],
         kid=kid,
-        repo=claims["repo"],
+        repo=claims.get("repo"),
         build=claims["build_id"],
-        step=claims["step"],
+        step=claims.get("step"),
         client=request.remote_addr,
     )
     return token
@@ -173,6 +175,11 @@ def _check_vela_path(opened: RequestToken) -> None:
     if "build_number" not in args:
         return
     ctx = opened.context
+    if ctx.repo is None or ctx.build_number is None:
+        raise Forbidden(
+            "this request token's build has no repo or build_number, so it has no Vela URL: "
+            "use the step's ACTIONS_ID_TOKEN_REQUEST_URL"
+        )
     if f"{args['org']}/{args['repo']}" != ctx.repo or args["build_number"] != ctx.build_number:
         raise Forbidden(
             f"this request token belongs to {ctx.repo} build {ctx.build_number}, not "
@@ -192,7 +199,7 @@ def _open(settings: Settings) -> Response:
         body = None
     if body is None:
         raise InvalidRequest("the body is not valid JSON: send the build context as an object")
-    ctx = parse_context(body)
+    ctx = parse_context(body, settings.claim_policy)
     epoch = store().epoch
     store().check_build_state(epoch)  # 503 while a reset store is being restored
     if store().is_build_closed(ctx.build_id):
@@ -205,20 +212,19 @@ def _open(settings: Settings) -> Response:
         settings.request_token_ttl,
         epoch,
     )
-    vela_url = (
-        f"{settings.origin}/api/v1/repos/{ctx.org}/{ctx.name}/builds/{ctx.build_number}/id_token"
-    )
-    response = jsonify(
-        token=issued.token,
-        expires_at=issued.expires_at,
-        env={
-            "VELA_ID_TOKEN_REQUEST_URL": vela_url,
-            "VELA_ID_TOKEN_REQUEST_TOKEN": issued.token,
-            # Clients append "&audience=...", so the URL already carries a query string.
-            "ACTIONS_ID_TOKEN_REQUEST_URL": f"{settings.issuer}/id-token?api-version=2.0",
-            "ACTIONS_ID_TOKEN_REQUEST_TOKEN": issued.token,
-        },
-    )
+    env: dict[str, str] = {}
+    # Vela's URL names the repo and the build number: a context without them (a claims file
+    # made them optional) has none, and its step uses the GitHub-style variables alone.
+    if ctx.repo is not None and ctx.build_number is not None:
+        env["VELA_ID_TOKEN_REQUEST_URL"] = (
+            f"{settings.origin}/api/v1/repos/{ctx.org}/{ctx.name}/builds/"
+            f"{ctx.build_number}/id_token"
+        )
+        env["VELA_ID_TOKEN_REQUEST_TOKEN"] = issued.token
+    # Clients append "&audience=...", so the URL already carries a query string.
+    env["ACTIONS_ID_TOKEN_REQUEST_URL"] = f"{settings.issuer}/id-token?api-version=2.0"
+    env["ACTIONS_ID_TOKEN_REQUEST_TOKEN"] = issued.token
+    response = jsonify(token=issued.token, expires_at=issued.expires_at, env=env)
     return _no_store(response)
 
 

@@ -160,6 +160,12 @@ def test_the_example_runs_as_written(
     tokens = shlex.split(block.args)
     serve = "serve" in tokens
     settings = dict(t.split("=", 1) for t in tokens if "=" in t)
+    # A file setting names a file of the repository (docs/examples/...), as the docs are read
+    # from its root; the blocks run elsewhere.
+    settings = {
+        key: str(ROOT / value) if key.endswith("_FILE") and (ROOT / value).is_file() else value
+        for key, value in settings.items()
+    }
     env = {
         **os.environ,
         **aws_env_vars,

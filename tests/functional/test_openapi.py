@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
@@ -25,6 +26,7 @@ from idp.tokens.claims import validate_audiences
 from idp.tokens.context import FIELDS, MAX_TTL, parse_context
 from idp.views.openapi import OUTSIDE_ISSUER_PATH, document_for, load_document
 from tests.unit.test_claims import CONTEXT
+from tests.unit.test_claims_file import OCTOPUS, OCTOPUS_CONTEXT
 
 MakeSettings = Callable[..., Settings]
 VELA_PATH = "/api/v1/repos/{org}/{repo}/builds/{build_number}/id_token"
@@ -191,7 +193,7 @@ def _valid(name: str, instance: object) -> bool:
 def test_the_build_context_schema_follows_fields() -> None:
     schema = _component("BuildContext")
     assert schema["additionalProperties"] is False
-    assert schema["required"] == list(FIELDS)
+    assert schema["required"] == [name for name, spec in FIELDS.items() if spec.required]
     assert set(schema["properties"]) == {*FIELDS, "ttl"}
     for name, spec in FIELDS.items():
         prop = schema["properties"][name]
@@ -371,3 +373,75 @@ def test_the_audience_schema_accepts_what_the_code_accepts(
     else:
         by_code = True
     assert by_schema == by_code, f"{audience!r}: schema {by_schema}, code {by_code}"
+
+
+# --- with a claims file: the served schema is generated from the same table ---------------------
+
+
+# The issue's Octopus file, plus one declared claim of each other kind.
+OCTOPUS_ALL_KINDS = OCTOPUS.replace(
+    "  runbook:     {kind: text}\n",
+    "  runbook:     {kind: text}\n"
+    "  approved:    {kind: bool}\n"
+    "  ticket:      {kind: id}\n"
+    "  build_kind:  {kind: id, values: ['1', '2']}\n",
+)
+
+
+def _octopus_settings(make_settings: MakeSettings, tmp_path: Path) -> Settings:
+    path = tmp_path / "claims.yaml"
+    path.write_text(OCTOPUS_ALL_KINDS, encoding="utf-8")
+    return make_settings(IDP_CLAIMS_FILE=str(path))
+
+
+def _served_component(settings: Settings, name: str) -> dict[str, Any]:
+    schema: dict[str, Any] = document_for(settings)["components"]["schemas"][name]
+    return schema
+
+
+def test_the_served_document_with_a_claims_file_is_valid_openapi_3_1(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    settings = _octopus_settings(make_settings, tmp_path)
+    validate(document_for(settings))
+    schema = _served_component(settings, "BuildContext")
+    policy = settings.claim_policy
+    assert schema["required"] == [name for name, spec in policy.fields.items() if spec.required]
+    assert set(schema["properties"]) == {*policy.fields, "ttl"}
+
+
+def _declared_probes() -> Iterator[tuple[str, object]]:
+    for name in ("space", "project", "tenant", "runbook", "environment"):
+        for text in TEXT_PROBES:
+            yield name, text
+        for text in ["dev", "prod", "staging", "aws-x", "AWS", "a" * 64, "a" * 65, "a" * 257]:
+            yield name, text
+        yield name, None
+        yield name, 1
+    for ident in ID_PROBES:
+        yield "ticket", ident
+    for value in [1, 2, 3, "1", "2", "3", "01", True]:
+        yield "build_kind", value
+    for value in [True, False, "true", 1, None]:
+        yield "approved", value
+    for name in ("repo", "image", "space"):
+        yield name, "<absent>"
+
+
+@pytest.mark.parametrize(("field", "value"), list(_declared_probes()))
+def test_the_generated_schema_accepts_what_the_code_accepts(
+    make_settings: MakeSettings, tmp_path: Path, field: str, value: object
+) -> None:
+    settings = _octopus_settings(make_settings, tmp_path)
+    context: dict[str, Any] = {**OCTOPUS_CONTEXT, field: value}
+    if value == "<absent>":
+        context.pop(field, None)
+    schema = _served_component(settings, "BuildContext")
+    by_schema = bool(jsonschema_rs.validator_for(schema).is_valid(context))
+    try:
+        parse_context(context, settings.claim_policy)
+    except InvalidRequest:
+        by_code = False
+    else:
+        by_code = True
+    assert by_schema == by_code, f"{field}={value!r}: schema {by_schema}, code {by_code}"

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 import schemathesis
+import yaml
 from hypothesis import HealthCheck, settings
 from joserfc import jwt
 from joserfc.jwk import OctKey
@@ -35,7 +36,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from idp.config import Settings
+from idp.tokens.claims_file import parse_claims_document
 from idp.views.openapi import document_for
+from tests.functional.test_openapi import OCTOPUS_ALL_KINDS
 from tests.support import CI_SECRET, NO_RATE_LIMITS, IssuerProcess
 from tests.unit.test_claims import CONTEXT
 
@@ -207,3 +210,43 @@ def test_secured_operations(
     response = case.call_and_validate(base_url=issuer.base, headers=explicit, checks=CHECKS)
     if credentials != "valid" and case.method.upper() == case.operation.method.upper():
         assert response.status_code in {401, *BEFORE_AUTH}, response.text
+
+
+# --- with a claims file: the declared claims are fuzzed as the served document describes them --
+
+CLAIMS_POLICY = parse_claims_document(yaml.safe_load(OCTOPUS_ALL_KINDS))
+claims_schema = schemathesis.openapi.from_dict(
+    document_for(
+        Settings(issuer=f"http://127.0.0.1:8080{ISSUER_PATH}", claim_policy=CLAIMS_POLICY)
+    ),
+    config=CONFIG,
+).include(operation_id=["openRequestToken"])
+
+
+@pytest.fixture(scope="module")
+def claims_issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IssuerProcess]:
+    """An issuer with the Octopus claims file (plus a claim of each kind), file store."""
+    folder = tmp_path_factory.mktemp("schemathesis-claims")
+    path = folder / "claims.yaml"
+    path.write_text(OCTOPUS_ALL_KINDS, encoding="utf-8")
+    env = {"IDP_KEYS_DIR": str(folder / "keys"), "IDP_CLAIMS_FILE": str(path), **NO_RATE_LIMITS}
+    with IssuerProcess(env) as proc:
+        yield proc
+
+
+def test_the_served_document_with_a_claims_file_is_the_one_under_test(
+    claims_issuer: IssuerProcess,
+) -> None:
+    served = requests.get(f"{claims_issuer.issuer}/openapi.json", timeout=10).json()
+    assert served == document_for(Settings(issuer=claims_issuer.issuer, claim_policy=CLAIMS_POLICY))
+
+
+@claims_schema.parametrize()
+@HYPOTHESIS
+def test_declared_claims_are_fuzzed(case: schemathesis.Case, claims_issuer: IssuerProcess) -> None:
+    case.headers.pop("Authorization", None)
+    case.call_and_validate(
+        base_url=claims_issuer.base,
+        headers={"Authorization": f"Bearer {CI_SECRET}"},
+        checks=CHECKS,
+    )

@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 
-from idp.aws.tags import UnsafeTagValue, verbatim_tag_value
 from idp.config import CONTEXT_CLAIMS, load_settings
 from idp.errors import InvalidAudience, InvalidRequest
 from idp.tokens.claims import (
@@ -16,6 +15,7 @@ from idp.tokens.claims import (
     validate_audiences,
 )
 from idp.tokens.context import FIELDS, parse_context
+from idp.tokens.tags import UnsafeTagValue, verbatim_tag_value
 
 CONTEXT: dict[str, Any] = {
     "repo": "octo-org/octo-repo",
@@ -40,16 +40,29 @@ def test_a_valid_context_parses() -> None:
     assert ctx.build_id == "1234" and ctx.org == "octo-org" and ctx.name == "octo-repo"
 
 
-@pytest.mark.parametrize("field", list(FIELDS))
-def test_every_field_is_required(field: str) -> None:
+REQUIRED = [name for name, spec in FIELDS.items() if spec.required]
+OPTIONAL = [name for name, spec in FIELDS.items() if not spec.required]
+
+
+@pytest.mark.parametrize("field", REQUIRED)
+def test_every_required_field_is_required(field: str) -> None:
     body = {k: v for k, v in CONTEXT.items() if k != field}
     with pytest.raises(InvalidRequest, match=field):
         parse_context(body)
 
 
+@pytest.mark.parametrize("field", OPTIONAL)
+def test_an_optional_field_gives_its_claim_only_when_present(field: str) -> None:
+    assert field not in context_claims(parse_context(CONTEXT))
+    assert context_claims(parse_context({**CONTEXT, field: "prod"}))[field] == "prod"
+    with pytest.raises(InvalidRequest, match=field):
+        parse_context({**CONTEXT, field: ""})
+
+
 @pytest.mark.parametrize("field", list(FIELDS))
 def test_every_field_refuses_a_wrong_type(field: str) -> None:
     wrong = "yes" if FIELDS[field].kind == "bool" else ["a list"]
+    # (an optional field too: present, it must be of its kind)
     with pytest.raises(InvalidRequest, match=field):
         parse_context({**CONTEXT, field: wrong})
 
@@ -149,7 +162,7 @@ def test_a_context_must_be_an_object() -> None:
 
 
 def test_claims_are_strings_as_vela_and_github_send_them() -> None:
-    claims = context_claims(parse_context(CONTEXT))
+    claims = context_claims(parse_context({**CONTEXT, "environment": "prod"}))
     assert set(claims) == set(CONTEXT_CLAIMS)
     assert all(isinstance(v, str) for v in claims.values())
     assert claims["commands"] == "false" and claims["pull_fork"] == "false"

@@ -12,6 +12,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,6 @@ from hypothesis import example, given, reject, settings
 from hypothesis import strategies as st
 
 from idp.aws.errors import TrustPolicyError
-from idp.aws.tags import (
-    TAG_KEY_MAX,
-    TAG_VALUE_MAX,
-    UnsafeTagValue,
-    is_valid_tag_key,
-    verbatim_tag_value,
-)
 from idp.aws.trust_policy import tag_pattern
 from idp.config import CONTEXT_CLAIMS, Settings, load_settings
 from idp.errors import InvalidAudience, InvalidRequest
@@ -39,8 +33,17 @@ from idp.tokens.claims import (
     session_tags,
     validate_audiences,
 )
+from idp.tokens.claims_file import parse_claims_document
 from idp.tokens.context import FIELDS, MAX_TTL, parse_context
 from idp.tokens.images import InvalidImageReference, parse_image
+from idp.tokens.tags import (
+    TAG_KEY_MAX,
+    TAG_VALUE_MAX,
+    UnsafeTagValue,
+    is_valid_tag_key,
+    verbatim_tag_value,
+)
+from idp.tokens.vocabulary import ClaimPolicy
 from tests.support import CI_SECRET
 
 
@@ -415,6 +418,100 @@ class TestSubject:
         before it could reach a subject at all."""
         with pytest.raises(InvalidRequest, match=field):
             parse_context({**BASE_CONTEXT, field: value})
+
+
+# A claims file's pieces: declared names, values that collide once escaped or unescaped (or
+# look like subject keys), globs that do and do not match them.
+_DECLARED = ["team", "stage", "zone"]
+_DECLARED_VALUES = ["a", "b", "%", "%3A", "%25", "a%3Ab", "team", "ref", "event", "x%253A"]
+_EVENT_VALUES = ["push", ":", "a:b", "a%3Ab", "push:team:a", "%3A", "x:ref:y"]
+_GLOBS = ["*", "a*", "%*", "b", "?"]
+
+
+@st.composite
+def claims_documents(draw: st.DrawFn) -> dict[str, Any]:
+    """A claims file as YAML would decode it: declared text claims, some built-ins optional,
+    an identity, and ordered subject rules that may or may not match."""
+    declared = draw(st.lists(st.sampled_from(_DECLARED), min_size=1, max_size=3, unique=True))
+    required = {name: draw(st.booleans(), label=f"{name} required") for name in declared}
+    owners = [name for name in declared if required[name]]
+    identity = [owners[0]] if owners and draw(st.booleans(), label="own identity") else ["repo"]
+    optional = draw(
+        st.lists(st.sampled_from(["ref", "event", "step", "sha"]), max_size=3, unique=True)
+    )
+    if identity != ["repo"] and draw(st.booleans(), label="repo optional"):
+        optional.append("repo")
+    usable = [*declared, "repo", "ref", "event", "step", "environment"]
+    rules = []
+    for _ in range(draw(st.integers(0, 3), label="rules")):
+        rest = draw(st.lists(st.sampled_from(usable), max_size=4, unique=True))
+        rule: dict[str, Any] = {"claims": identity + [c for c in rest if c not in identity]}
+        globs = draw(st.dictionaries(st.sampled_from(usable), st.sampled_from(_GLOBS), max_size=2))
+        if globs:
+            rule["match"] = globs
+        rules.append(rule)
+    if identity != ["repo"]:
+        rules.append({"claims": identity})  # else IDP_SUBJECT_CLAIMS must start with it
+    return {
+        "identity": identity,
+        "optional": optional,
+        "claims": {name: {"required": required[name]} for name in declared},
+        "subjects": rules,
+    }
+
+
+@st.composite
+def contexts_for(draw: st.DrawFn, policy: ClaimPolicy) -> dict[str, Any]:
+    """A context for `policy`: declared and optional claims present or not, values from the
+    colliding pools."""
+    body = {k: v for k, v in BASE_CONTEXT.items() if k not in ("event", "step")}
+    body["event"] = draw(st.sampled_from(_EVENT_VALUES), label="event")
+    body["step"] = draw(st.sampled_from(_EVENT_VALUES), label="step")
+    body["environment"] = draw(st.sampled_from(["prod", "a:b"]), label="environment")
+    for name, spec in policy.fields.items():
+        if name in policy.declared:
+            body[name] = draw(st.sampled_from(_DECLARED_VALUES), label=name)
+        if not spec.required and draw(st.booleans(), label=f"drop {name}"):
+            body.pop(name, None)
+    return body
+
+
+def read_pairs(subject: str) -> list[tuple[str, str]]:
+    """Read any `sub` back into its (key, value) pairs, unescaping each value."""
+    parts = subject.split(":")
+    assert len(parts) % 2 == 0, subject
+    for escaped in parts[1::2]:
+        assert re.fullmatch(r"(?:[^%]|%25|%3A)*", escaped), f"{escaped!r} has a bare '%'"
+    values = [re.sub(r"%(25|3A)", lambda m: "%" if m[1] == "25" else ":", v) for v in parts[1::2]]
+    return list(zip(parts[0::2], values, strict=True))
+
+
+class TestSubjectRules:
+    @props(200)
+    @given(claims_documents(), st.data())
+    def test_sub_stays_injective_over_generated_claim_files(
+        self, document: dict[str, Any], data: st.DataObject
+    ) -> None:
+        """For any claims file and any two contexts: `sub` starts with the identity claims,
+        reads back to exactly the (key, value) pairs of the claims it names (absent keys left
+        out, escaping intact), and two contexts share a `sub` only if those pairs are equal."""
+        policy = parse_claims_document(json.loads(json.dumps(document)))
+        cfg = replace(
+            load_settings({}), claim_policy=policy, subject_claims=(*policy.identity, "ref")
+        )
+        subjects, pairs = [], []
+        for label in ("first", "second"):
+            body = data.draw(contexts_for(policy), label=label)
+            ctx = parse_context(body, policy)
+            claims = context_claims(ctx)
+            keys = policy.subject_keys(claims, cfg.subject_claims)
+            subject = id_token_claims(ctx, ["sts.amazonaws.com"], cfg, 0)["sub"]
+            expected = [(key, claims[key]) for key in keys]
+            assert read_pairs(subject) == expected
+            assert [key for key, _ in expected[: len(policy.identity)]] == list(policy.identity)
+            subjects.append(subject)
+            pairs.append(expected)
+        assert (subjects[0] == subjects[1]) == (pairs[0] == pairs[1])
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 
 from idp.aws.errors import TrustPolicyError
-from idp.aws.tags import TAG_KEY_PATTERN, verbatim_tag_value
 from idp.aws.trust_policy import IssuerShape, Wanted, build_trust_policy
 from idp.cli import main
 from idp.errors import IdpError
+from idp.tokens.tags import TAG_KEY_PATTERN, verbatim_tag_value
 
 GOLDEN = Path(__file__).parent / "golden"
 PROVIDER = "arn:aws:iam::123456789012:oidc-provider/ci.example.com/_services/token"

@@ -1,5 +1,8 @@
 """AWS's rules for session tags, shared by the token side and the trust-policy builder.
 
+They live with the token rules (the issuer refuses a claim no tag can carry at mint time), so
+`idp.tokens` needs nothing from `idp.aws`: `aws` imports `tokens`, never the other way.
+
 AWS accepts tag keys and values made of Unicode letters, digits, white space and `_.:/=+-@`
 (keys 1-128 characters, values up to 256). The issuer copies claims into the
 `https://aws.amazon.com/tags` claim; a value outside that set would make STS refuse the whole
