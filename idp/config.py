@@ -80,6 +80,8 @@ class Settings:
     ci_secrets: tuple[str, ...] = ()
     signing_alg: str = "RS256"
     token_ttl: int = 300
+    # The longest `lifetime` a step may ask for (INTERFACE.md); keys stay published past it.
+    token_max_ttl: int = 3600
     rotation_period: int = 86400
     subject_claims: tuple[str, ...] = DEFAULT_SUBJECT_CLAIMS
     audiences: tuple[str, ...] | None = None
@@ -140,9 +142,17 @@ class Settings:
 
     @property
     def retire_keep(self) -> int:
-        """How long a key stays published after it stops signing: its last token's life."""
+        """How long a key stays published after it stops signing: its last token's life.
+
+        That token may be the longest a step can ask for (`lifetime` up to IDP_TOKEN_MAX_TTL),
+        not the default one: a key dropped while a token it signed is still valid would fail
+        that token at every verifier (Vault's identity tokens can outlive their key that way).
+        """
         return (
-            self.token_ttl + self.clock_skew + self.jwks_max_age + math.ceil(self.refresh_interval)
+            self.token_max_ttl
+            + self.clock_skew
+            + self.jwks_max_age
+            + math.ceil(self.refresh_interval)
         )
 
 
@@ -353,6 +363,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ci_secrets=ci_secrets,
         signing_alg=alg,
         token_ttl=_positive_int(env, "IDP_TOKEN_TTL", 300, "a number of seconds, e.g. 300"),
+        token_max_ttl=_positive_int(
+            env, "IDP_TOKEN_MAX_TTL", 3600, "a number of seconds, e.g. 3600"
+        ),
         rotation_period=_positive_int(
             env, "IDP_ROTATION_PERIOD", 86400, "a number of seconds, e.g. 86400"
         ),
@@ -379,6 +392,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             env, "IDP_TRUSTED_PROXIES", 0, "the number of proxies, e.g. 1"
         ),
     )
+    _check_lifetimes(settings)
     _check_ring_size(settings)
     return settings
 
@@ -558,13 +572,49 @@ def _rate_limit(env: Mapping[str, str], name: str, default: str | None) -> str |
 MAX_PUBLISHED_KEYS = 20
 
 
+# The shortest `lifetime` a step may ask for (INTERFACE.md's range): a shorter token could
+# expire between the step fetching it and the relying party checking it.
+MIN_LIFETIME = 60
+
+
+def _check_lifetimes(settings: Settings) -> None:
+    max_ttl, ttl = settings.token_max_ttl, settings.token_ttl
+    if max_ttl < MIN_LIFETIME:
+        raise ConfigError(
+            f"IDP_TOKEN_MAX_TTL={max_ttl} is below {MIN_LIFETIME}, the shortest lifetime a step "
+            f"may ask for: set it to {MIN_LIFETIME} or more, e.g. 3600"
+        )
+    if max_ttl < ttl:
+        raise ConfigError(
+            f"IDP_TOKEN_MAX_TTL={max_ttl} is below IDP_TOKEN_TTL={ttl}, so the default "
+            f"lifetime could not be asked for: set IDP_TOKEN_MAX_TTL to {ttl} or more, or "
+            f"lower IDP_TOKEN_TTL"
+        )
+    # Imported here: the token rules import this module, not the other way round.
+    from idp.tokens.context import MAX_TTL
+
+    # Closing a build (DELETE /builds/<id>) is remembered for MAX_TTL + skew, and the
+    # request-token secrets are kept as long: both assume no request token lives longer than
+    # MAX_TTL, which the build context's `ttl` respects and the default must too. (A closed
+    # build stops its request tokens, not the ID tokens already minted, as with GitHub: so
+    # IDP_TOKEN_MAX_TTL bears on how long keys are published, never on the closing window.)
+    if settings.request_token_ttl > MAX_TTL:
+        raise ConfigError(
+            f"IDP_REQUEST_TOKEN_TTL={settings.request_token_ttl} is over {MAX_TTL}, the longest "
+            f"a request token may live (a closed build is remembered that long): set it to "
+            f"{MAX_TTL} or less, e.g. 3900"
+        )
+
+
 def _check_ring_size(settings: Settings) -> None:
     # Keys published at once: the current and next one, plus the retired ones still covering
-    # live tokens.
+    # live tokens, the longest-lived included (retire_keep counts IDP_TOKEN_MAX_TTL).
     published = 2 + -(-settings.retire_keep // settings.rotation_period)
     if published > MAX_PUBLISHED_KEYS:
         raise ConfigError(
-            f"IDP_ROTATION_PERIOD={settings.rotation_period} is too short for IDP_TOKEN_TTL="
-            f"{settings.token_ttl} and IDP_JWKS_MAX_AGE={settings.jwks_max_age}: the JWKS would "
-            f"hold about {published} keys (limit {MAX_PUBLISHED_KEYS}); rotate less often"
+            f"IDP_ROTATION_PERIOD={settings.rotation_period} is too short for IDP_TOKEN_MAX_TTL="
+            f"{settings.token_max_ttl} and IDP_JWKS_MAX_AGE={settings.jwks_max_age}: every key "
+            f"stays published until the longest-lived token it signed expires, so the JWKS "
+            f"would hold about {published} keys (limit {MAX_PUBLISHED_KEYS}); rotate less "
+            f"often or lower IDP_TOKEN_MAX_TTL"
         )

@@ -16,6 +16,7 @@ import click
 from joserfc import jws
 from joserfc.errors import JoseError
 
+from idp.config import MIN_LIFETIME
 from idp.runner import ParameterError, chain
 from idp.runner.client import fetch_id_token
 from idp.runner.credentials import (
@@ -64,6 +65,15 @@ def decoded(id_token: str) -> str:
     help="The audience (`aud`) the ID token is for, e.g. sts.amazonaws.com.  [required]",
 )
 @click.option(
+    "--lifetime",
+    type=click.IntRange(min=MIN_LIFETIME),
+    envvar="IDP_TOKEN_LIFETIME",
+    show_envvar=True,
+    metavar="SECONDS",
+    help=f"How long the ID token lives, {MIN_LIFETIME} s up to the issuer's IDP_TOKEN_MAX_TTL "
+    "(as Buildkite's --lifetime).  [default: the issuer's IDP_TOKEN_TTL]",
+)
+@click.option(
     "--output",
     type=click.Path(dir_okay=False, writable=True),
     help="Write the token to this file (mode 0600) instead of printing it.",
@@ -81,7 +91,13 @@ def decoded(id_token: str) -> str:
     metavar="FILE|-",
     help="Print the header and claims of this token (a file, or - for stdin); fetches nothing.",
 )
-def token(audience: str | None, output: str | None, show_claims: bool, decode_file: Any) -> None:
+def token(
+    audience: str | None,
+    lifetime: int | None,
+    output: str | None,
+    show_claims: bool,
+    decode_file: Any,
+) -> None:
     """Fetch an ID token through the step's request variables.
 
     Reads VELA_ID_TOKEN_REQUEST_URL/_TOKEN or ACTIONS_ID_TOKEN_REQUEST_URL/_TOKEN, which the
@@ -96,7 +112,7 @@ def token(audience: str | None, output: str | None, show_claims: bool, decode_fi
         )
     masker = Masker()
     with masked_logging("info", masker):
-        id_token = fetch_id_token(audience)
+        id_token = fetch_id_token(audience, lifetime=lifetime)
     if show_claims:
         click.echo(decoded(id_token))
         return

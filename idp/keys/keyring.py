@@ -69,6 +69,9 @@ class KeyRing:
         self.store = store
         self.clock = clock
         self.policy = Policy.from_settings(settings)
+        # What a key must stay published for after its token's `exp`: clock skew, a verifier's
+        # cached JWKS and the replicas' refresh (the rest of `retire_keep`).
+        self._keep_after_exp = settings.retire_keep - settings.token_max_ttl
         self.sealer = material.Sealer(settings.key_encryption_keys)
         self._lock = threading.Lock()
         self._doc: RingDoc | None = None
@@ -494,6 +497,16 @@ class KeyRing:
             raise Unavailable(
                 "no signing key is inside its signing window (the key store has been "
                 "unreachable too long to know a published key); retry when it is back"
+            )
+        exp = claims.get("exp")
+        if isinstance(exp, int) and exp + self._keep_after_exp > signing.remove_at:
+            # The ring was written under a shorter IDP_TOKEN_MAX_TTL (a replica of another
+            # configuration, or this one's before the next maintenance extends the key): this
+            # token would outlive its key in the JWKS and fail at every verifier.
+            raise Unavailable(
+                f"the signing key is published only until {signing.remove_at}, before this "
+                f"token would expire ({exp}): the key ring is being extended for the longest "
+                "lifetime; retry in a few seconds or ask for a shorter lifetime"
             )
         header = {"alg": signing.alg, "kid": signing.kid, "typ": "JWT"}
         return jwt.encode(header, claims, self._keys[signing.kid]), signing.kid

@@ -10,9 +10,11 @@ from the same document and the same clock, with no coordination on the hot path:
 - current:   `sign_from <= now < sign_until`; windows are contiguous (next.sign_from ==
              current.sign_until), so a replica that lost the store can follow the schedule
              with keys it already knows were published;
-- retired:   `sign_until <= now < remove_at`; `remove_at` covers the last token's life,
-             clock skew and JWKS max-age, and only ever moves later, never earlier, so a
-             shortened window (a forced rotation) cannot drop a key a stale replica signed with;
+- retired:   `sign_until <= now < remove_at`; `remove_at` covers the life of the longest
+             token the key can sign (IDP_TOKEN_MAX_TTL, not the default IDP_TOKEN_TTL), clock
+             skew and JWKS max-age, and only ever moves later, never earlier, so a shortened
+             window (a forced rotation) cannot drop a key a stale replica signed with, and a
+             raised IDP_TOKEN_MAX_TTL extends the keys that still sign (`maintain`);
 - gone:      `now >= remove_at`, dropped from the document by the next maintenance.
 
 SPIRE and Kubernetes pre-publish the same way; Vela instead adds a key per replica and restart
@@ -241,6 +243,11 @@ def next_event(keys: Iterable[KeyRecord], now: float) -> float:
     return min(times, default=float("inf"))
 
 
+def _kept_too_briefly(key: KeyRecord, now: float, policy: Policy) -> bool:
+    """A key that may still sign but would be dropped before its longest token expires."""
+    return now < key.sign_until and key.remove_at < key.sign_until + policy.retire_keep
+
+
 def _extend(key: KeyRecord, sign_until: int, policy: Policy) -> KeyRecord:
     return dataclasses.replace(
         key,
@@ -326,6 +333,8 @@ def needs_maintenance(doc: RingDoc | None, now: int, policy: Policy) -> bool:
         return True
     if any(k.state(now) == "gone" for k in doc.keys):
         return True
+    if any(_kept_too_briefly(k, now, policy) for k in doc.keys):
+        return True
     current = current_key(doc.keys, now)
     if current is None:
         return True
@@ -348,6 +357,12 @@ def maintain(
     if not needs_maintenance(doc, now, policy):
         return None
     keys = published_keys(doc.keys, now) if doc else []
+    # Keys that may still sign are kept for the longest token of this policy, should the ring
+    # have been written under a shorter one (IDP_TOKEN_MAX_TTL raised, or a replica of an
+    # older release): `_extend` only ever moves `remove_at` later.
+    keys = [
+        _extend(k, k.sign_until, policy) if _kept_too_briefly(k, now, policy) else k for k in keys
+    ]
     secrets = maintain_secrets(doc.secrets if doc else (), now, policy, new_secret)
 
     current = current_key(keys, now)

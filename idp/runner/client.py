@@ -50,8 +50,11 @@ class TokenRequest:
     url: str
     request_token: str
 
-    def url_for(self, audience: str) -> str:
-        query = urllib.parse.urlencode({"audience": audience})
+    def url_for(self, audience: str, lifetime: int | None = None) -> str:
+        fields: dict[str, str | int] = {"audience": audience}
+        if lifetime is not None:
+            fields["lifetime"] = lifetime
+        query = urllib.parse.urlencode(fields)
         if self.protocol == "github":
             # GitHub's variable always carries a query string of its own.
             return f"{self.url}&{query}"
@@ -101,13 +104,18 @@ def fetch_id_token(
     audience: str,
     environ: Mapping[str, str] | None = None,
     *,
+    lifetime: int | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> str:
-    """An ID token for `audience`, retrying connection errors, 5xx and 429 with backoff."""
+    """An ID token for `audience`, retrying connection errors, 5xx and 429 with backoff.
+
+    `lifetime`: the seconds the token should live (`&lifetime=`); None leaves it to the
+    issuer's IDP_TOKEN_TTL. The issuer checks it against its IDP_TOKEN_MAX_TTL.
+    """
     if not audience.strip():
         raise RunnerError("the audience is empty: pass --audience, e.g. sts.amazonaws.com")
     request = find_request(environ)
-    url = request.url_for(audience)
+    url = request.url_for(audience, lifetime)
     log.debug("requesting an ID token for audience %r (%s protocol)", audience, request.protocol)
     delay = BACKOFF_BASE
     last = ""

@@ -121,14 +121,21 @@ def validate_audiences(raw: Sequence[str], settings: Settings) -> list[str]:
 
 
 def id_token_claims(
-    ctx: BuildContext, audiences: Sequence[str], settings: Settings, now: int
+    ctx: BuildContext,
+    audiences: Sequence[str],
+    settings: Settings,
+    now: int,
+    *,
+    lifetime: int | None = None,
 ) -> dict[str, Any]:
+    """`lifetime`: the seconds the step asked for, already checked (`tokens.lifetime`);
+    None gives IDP_TOKEN_TTL."""
     claims = context_claims(ctx)
     token: dict[str, Any] = {
         "iss": settings.issuer,
         "sub": subject_of(claims, settings),
         "aud": audiences[0] if len(audiences) == 1 else list(audiences),
-        "exp": now + settings.token_ttl,
+        "exp": now + (settings.token_ttl if lifetime is None else lifetime),
         "iat": now,
         "nbf": now,
         "jti": str(uuid.uuid4()),

@@ -5,7 +5,10 @@ routes hang below whatever path `IDP_ISSUER` has (`/_services/token` by default)
 `id_token` route, marked `x-idp-outside-issuer-path`, is written from the host's root. This
 module rebases the document once at start onto this issuer (its origin in `servers`, its path in
 front of the issuer paths), so clients and generators (schemathesis, codegen) reach the real
-URLs. Like discovery it depends on the settings alone: it never touches the store.
+URLs. The one bound that is configuration, not code, is filled in too: the `lifetime`
+parameter's maximum is this issuer's IDP_TOKEN_MAX_TTL, so generated clients and schemathesis
+ask for what this issuer grants. Like discovery it depends on the settings alone: it never
+touches the store.
 
 The build-context schema is generated at start from the claim policy (`build_context_schema`),
 the table the parser reads, so the fields a claims file declares are described (and fuzzed by
@@ -131,6 +134,11 @@ def document_for(settings: Settings) -> dict[str, Any]:
         (path if item.get(OUTSIDE_ISSUER_PATH) else prefix + path): item
         for path, item in document["paths"].items()
     }
+    lifetime = document["components"]["parameters"]["Lifetime"]["schema"]
+    lifetime["maximum"] = settings.token_max_ttl
+    lifetime["examples"] = [
+        min(example, settings.token_max_ttl) for example in lifetime["examples"]
+    ]
     return document
 
 

@@ -3,6 +3,7 @@
 1. The CI server opens a request token for a step:      POST   <issuer>/request-tokens
 2. The step exchanges it for an ID token, GitHub's way:  GET    <issuer>/id-token?audience=A
    or Vela's way:        GET /api/v1/repos/<org>/<repo>/builds/<number>/id_token?audience=A
+   (either with an optional &lifetime=S, seconds, up to IDP_TOKEN_MAX_TTL)
 3. The CI server closes the build when it ends:          DELETE <issuer>/builds/<build_id>
 """
 
@@ -23,6 +24,7 @@ from idp.ratelimit import rate_limits
 from idp.tokens import request_tokens
 from idp.tokens.claims import id_token_claims, validate_audiences
 from idp.tokens.context import ID_RULE, MAX_TTL, is_canonical_id, parse_context
+from idp.tokens.lifetime import requested_lifetime
 from idp.tokens.request_tokens import RequestToken
 from idp.views import keyring, store
 
@@ -95,12 +97,18 @@ def _exchange(settings: Settings) -> str:
     label = "none"
     opened: RequestToken | None = None
     try:
-        requested = _requested_audiences()
+        query = _query()
+        requested = [value for name, value in query if name == "audience"]
         label = audience_label(requested[0], settings.audiences) if requested else "none"
         opened = _open_request_token(settings)
         _check_vela_path(opened)
         audiences = validate_audiences(requested, settings)
-        claims = id_token_claims(opened.context, audiences, settings, int(time.time()))
+        lifetime = requested_lifetime(
+            [value for name, value in query if name == "lifetime"], settings
+        )
+        claims = id_token_claims(
+            opened.context, audiences, settings, int(time.time()), lifetime=lifetime
+        )
         token, kid = keyring().sign(claims)
     except IdpError as exc:
         count_id_token(label, exc.code)
@@ -123,6 +131,7 @@ def _exchange(settings: Settings) -> str:
         sub=claims["sub"],
         aud=claims["aud"],
         kid=kid,
+        lifetime=lifetime,
         repo=claims.get("repo"),
         build=claims["build_id"],
         step=claims.get("step"),
@@ -139,7 +148,7 @@ MAX_QUERY_FIELDS = 32
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
 
-def _requested_audiences() -> list[str]:
+def _query() -> list[tuple[str, str]]:
     # Parsed strictly from the raw query: werkzeug would keep an undecodable "%FF" as the
     # three characters "%FF" and mint a token for an audience nobody asked for; urllib keeps
     # a malformed escape ("%ZZ", "%4") as it is, so that is refused first.
@@ -166,7 +175,7 @@ def _requested_audiences() -> list[str]:
             f"the query string has more than {MAX_QUERY_FIELDS} parameters: ask for at most "
             "10 audiences"
         ) from None
-    return [value for name, value in fields if name == "audience"]
+    return fields
 
 
 def _check_vela_path(opened: RequestToken) -> None:
@@ -247,7 +256,11 @@ def init_app(app: Flask, settings: Settings) -> None:
         # As the build context has it: "05003" would close another build than 5003.
         if not is_canonical_id(build_id):
             raise InvalidRequest(f"the build id must be the build's number id, {ID_RULE}")
-        # Kept closed past the longest life a request token can have.
+        # Kept closed past the longest life a request token can have: its context's `ttl` and
+        # IDP_REQUEST_TOKEN_TTL are both at most MAX_TTL (config checks the latter). The ID
+        # tokens a build already has are not revoked by closing it (as with GitHub), so the
+        # `lifetime` they were asked for (IDP_TOKEN_MAX_TTL) plays no part here: that is the
+        # key ring's to honour, which keeps each key published for its longest token.
         store().close_build(build_id, int(time.time()) + MAX_TTL + settings.clock_skew)
         return _no_store(jsonify(build_id=build_id, closed=True))
 

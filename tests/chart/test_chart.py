@@ -258,6 +258,7 @@ def test_settings_reach_the_configmap(tmp_path: Path) -> None:
             "config": {
                 "signingAlg": "RS512",
                 "rotationPeriod": 43200,
+                "tokenMaxTTL": 7200,
                 "subjectClaims": ["repo", "event", "image"],
                 "jwksMaxAge": 120,
                 "logFormat": "text",
@@ -271,6 +272,7 @@ def test_settings_reach_the_configmap(tmp_path: Path) -> None:
     settings = load_settings(env)
     assert settings.signing_alg == "RS512"
     assert settings.rotation_period == 43200
+    assert settings.token_max_ttl == 7200
     assert settings.subject_claims == ("repo", "event", "image")
     assert settings.jwks_max_age == 120
     assert settings.clock_skew == 30

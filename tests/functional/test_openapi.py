@@ -2,8 +2,9 @@
 
 The document cannot drift: it must be valid OpenAPI 3.1, describe exactly the routes Flask
 serves (no more, no fewer), be served rebased on the issuer's own origin and path, and its
-build-context and audience schemas must accept exactly what `parse_context` and
-`validate_audiences` accept (probed value by value with both).
+build-context, audience and lifetime schemas must accept exactly what `parse_context`,
+`validate_audiences` and `requested_lifetime` accept (probed value by value with both; the
+lifetime's maximum is the configured IDP_TOKEN_MAX_TTL, so it is probed under two settings).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from flask import Flask
 from openapi_spec_validator import validate
 
 from idp.app import create_app
-from idp.config import Settings
+from idp.config import MIN_LIFETIME, Settings
 from idp.errors import InvalidAudience, InvalidRequest
 from idp.store import Store, create_store
 from idp.tokens.claims import validate_audiences
 from idp.tokens.context import FIELDS, MAX_TTL, parse_context
+from idp.tokens.lifetime import requested_lifetime
 from idp.views.openapi import OUTSIDE_ISSUER_PATH, document_for, load_document
 from tests.unit.test_claims import CONTEXT
 from tests.unit.test_claims_file import OCTOPUS, OCTOPUS_CONTEXT
@@ -445,3 +447,91 @@ def test_the_generated_schema_accepts_what_the_code_accepts(
     else:
         by_code = True
     assert by_schema == by_code, f"{field}={value!r}: schema {by_schema}, code {by_code}"
+
+
+# --- lifetime: the bounds are the configuration's -------------------------------------------
+
+
+def test_both_exchanges_take_the_optional_lifetime_parameter() -> None:
+    document = load_document()
+    for path in ("/id-token", VELA_PATH):
+        parameters = document["paths"][path]["get"]["parameters"]
+        assert {"$ref": "#/components/parameters/Lifetime"} in parameters, path
+    parameter = document["components"]["parameters"]["Lifetime"]
+    assert (parameter["name"], parameter["in"], parameter["required"]) == (
+        "lifetime",
+        "query",
+        False,
+    )
+    assert parameter["schema"]["minimum"] == MIN_LIFETIME
+    assert parameter["schema"]["maximum"] == Settings.token_max_ttl
+
+
+@pytest.mark.parametrize("max_ttl", ["60", "900", "3600", "7200"])
+def test_the_served_document_states_the_configured_maximum(
+    make_settings: MakeSettings, max_ttl: str
+) -> None:
+    settings = make_settings(IDP_TOKEN_MAX_TTL=max_ttl, IDP_TOKEN_TTL="60")
+    for app in _app(settings):
+        document = app.test_client().get("/_services/token/openapi.json").get_json()
+        schema = document["components"]["parameters"]["Lifetime"]["schema"]
+        assert schema["maximum"] == settings.token_max_ttl
+        assert all(MIN_LIFETIME <= e <= settings.token_max_ttl for e in schema["examples"])
+        validate(document)
+
+
+LIFETIME_PROBES = [
+    "60",
+    "61",
+    "59",
+    "1",
+    "0",
+    "900",
+    "3599",
+    "3600",
+    "3601",
+    "7200",
+    "7201",
+    "-60",
+    "+60",
+    "060",
+    "0060",
+    "60.0",
+    "6e1",
+    "60s",
+    " 60",
+    "60 ",
+    "",
+    "abc",
+    "\u0666\u0660",  # Arabic-Indic 60: int() reads it, a client never writes it
+    "6\u00b2",
+    "9" * 11,
+    "1" + "0" * 30,
+]
+
+
+def _schema_accepts_query_value(schema: dict[str, Any], raw: str) -> bool:
+    # A form-style integer is written as its decimal (RFC 6570): any other spelling of the
+    # number ("060", "+60", " 60") is not a value of this schema.
+    try:
+        value = int(raw)
+    except ValueError:
+        return False
+    return str(value) == raw and bool(jsonschema_rs.validator_for(schema).is_valid(value))
+
+
+@pytest.mark.parametrize("max_ttl", ["3600", "7200"])
+@pytest.mark.parametrize("raw", LIFETIME_PROBES)
+def test_the_lifetime_schema_accepts_what_the_code_accepts(
+    make_settings: MakeSettings, max_ttl: str, raw: str
+) -> None:
+    settings = make_settings(IDP_TOKEN_MAX_TTL=max_ttl)
+    schema = document_for(settings)["components"]["parameters"]["Lifetime"]["schema"]
+    by_schema = _schema_accepts_query_value(schema, raw)
+    try:
+        requested_lifetime([raw], settings)
+    except InvalidRequest:
+        by_code = False
+    else:
+        by_code = True
+    assert by_schema == by_code, f"lifetime={raw!r}: schema {by_schema}, code {by_code}"

@@ -170,8 +170,11 @@ def issuer_env(cluster: Cluster, issuer: str) -> dict[str, str]:
         "IDP_KEY_ENCRYPTION_KEY": KEK,
         "IDP_ISSUER": issuer,
         # Rotating every few seconds, as in test_replicas.py: ring writes are in flight when
-        # the master dies, and a lost one must not lose a key of a live token.
-        "IDP_ROTATION_PERIOD": "3",
+        # the master dies, and a lost one must not lose a key of a live token. Keys stay
+        # published for the longest lifetime (IDP_TOKEN_MAX_TTL, at least 60 s): 4 s is the
+        # shortest period the start-up check accepts for it (18 keys in the JWKS).
+        "IDP_ROTATION_PERIOD": "4",
+        "IDP_TOKEN_MAX_TTL": "60",
         "IDP_JWKS_MAX_AGE": str(MAX_AGE),
         "IDP_CLOCK_SKEW": "0",
         "IDP_REFRESH_INTERVAL": str(REFRESH),

@@ -17,6 +17,7 @@ import jwt
 import pytest
 
 from idp.cli import main
+from idp.runner.client import TokenRequest
 from tests.support import ROOT, IssuerProcess
 
 
@@ -59,6 +60,66 @@ def test_output_file_is_private(
     assert out == ""
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert claims(target.read_text())["aud"] == "my-app"
+
+
+@pytest.mark.parametrize("protocol", ["VELA", "ACTIONS"])
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_lifetime_is_asked_for_and_honoured(
+    protocol: str,
+    how: str,
+    step_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    other = "ACTIONS" if protocol == "VELA" else "VELA"
+    monkeypatch.delenv(f"{other}_ID_TOKEN_REQUEST_URL")
+    monkeypatch.delenv(f"{other}_ID_TOKEN_REQUEST_TOKEN")
+    argv = ["token", "--audience", "sts.amazonaws.com"]
+    if how == "flag":
+        argv += ["--lifetime", "900"]
+    else:
+        monkeypatch.setenv("IDP_TOKEN_LIFETIME", "900")
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    token = claims(out.strip())
+    assert token["exp"] - token["iat"] == 900
+
+
+def test_without_lifetime_the_issuer_default_applies(
+    step_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(["token", "--audience", "sts.amazonaws.com"], capsys)
+    assert code == 0, err
+    token = claims(out.strip())
+    assert token["exp"] - token["iat"] == 300  # IDP_TOKEN_TTL's default
+
+
+def test_a_lifetime_over_the_issuers_maximum_is_refused_with_the_range(
+    step_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(["token", "--audience", "a", "--lifetime", "3601"], capsys)
+    assert code == 1 and out == ""
+    assert "refused the ID token request with 400 invalid_request" in err
+    assert "lifetime=3601 is out of range" in err and "60 to 3600" in err
+    assert "retry" not in err
+
+
+@pytest.mark.parametrize("value", ["59", "0", "-5", "ten", "1.5"])
+def test_a_lifetime_no_issuer_grants_is_a_usage_error(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(["token", "--audience", "a", "--lifetime", value], capsys)
+    assert code == 2 and "--lifetime" in err
+
+
+def test_lifetime_is_appended_to_either_url() -> None:
+    github = TokenRequest("github", "https://ci/_services/token/id-token?api-version=2.0", "t")
+    assert github.url_for("sts.amazonaws.com", 900).endswith(
+        "/id-token?api-version=2.0&audience=sts.amazonaws.com&lifetime=900"
+    )
+    vela = TokenRequest("vela", "https://ci/api/v1/repos/o/r/builds/1/id_token", "t")
+    assert vela.url_for("a", 60).endswith("/id_token?audience=a&lifetime=60")
+    assert "lifetime" not in vela.url_for("a")
 
 
 def test_no_request_variables_says_the_fix(capsys: pytest.CaptureFixture[str]) -> None:
