@@ -354,6 +354,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if log_format not in ("text", "json"):
         raise ConfigError(f"IDP_LOG_FORMAT={log_format!r} is unknown: use text or json")
 
+    token_ttl = _positive_int(env, "IDP_TOKEN_TTL", 300, "a number of seconds, e.g. 300")
     settings = Settings(
         issuer=issuer,
         redis_url=redis_url,
@@ -362,9 +363,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         key_encryption_keys=kek,
         ci_secrets=ci_secrets,
         signing_alg=alg,
-        token_ttl=_positive_int(env, "IDP_TOKEN_TTL", 300, "a number of seconds, e.g. 300"),
+        token_ttl=token_ttl,
+        # Unset, the maximum is an hour, or the default lifetime if that is longer: an issuer
+        # configured with IDP_TOKEN_TTL=7200 before lifetimes existed starts as it did.
         token_max_ttl=_positive_int(
-            env, "IDP_TOKEN_MAX_TTL", 3600, "a number of seconds, e.g. 3600"
+            env, "IDP_TOKEN_MAX_TTL", max(3600, token_ttl), "a number of seconds, e.g. 3600"
         ),
         rotation_period=_positive_int(
             env, "IDP_ROTATION_PERIOD", 86400, "a number of seconds, e.g. 86400"
