@@ -8,14 +8,13 @@ convert is refused here, in one line, rather than by the issuer as a 400 about a
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from idp.ci import CiError, UsageError
-from idp.tokens.context import FIELDS
+from idp.tokens.context import FIELDS, DuplicateKey, load_json
 
 FORMATS = ("env", "json", "dotenv")
 
@@ -40,7 +39,12 @@ _DOTENV_VALUE = re.compile(r"[A-Za-z0-9_.,:/?&=%+@~*!\-\[\]]*")
 def parse_context(text: str, where: str) -> dict[str, Any]:
     """The build context as a JSON object, or a usage error naming `where` it came from."""
     try:
-        data = json.loads(text)
+        data = load_json(text)
+    except DuplicateKey as exc:
+        raise UsageError(
+            f"--context {where} names {str(exc)[:40]!r} twice: write each field once "
+            "(or override it with --set)"
+        ) from None
     except ValueError as exc:
         raise UsageError(
             f"--context {where} is not JSON ({exc}): give the build context as a JSON object"

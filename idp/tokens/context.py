@@ -9,6 +9,7 @@ parametrized from the same table, so a new field cannot go untested.
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,27 @@ def is_canonical_id(text: str) -> bool:
 FIELDS: dict[str, Field] = BUILTIN_FIELDS
 
 MAX_TTL = 86400
+
+
+class DuplicateKey(ValueError):
+    """A JSON object names one key twice."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
+def load_json(text: str | bytes) -> Any:
+    """JSON as the build context must be written: an object naming a key twice is refused
+    (DuplicateKey), not read as its last value. A CI server that checks one `repo` while the
+    issuer reads the other is the parser disagreement a duplicate exists to exploit.
+    Raises ValueError (DuplicateKey included) or RecursionError."""
+    return json.loads(text, object_pairs_hook=_no_duplicates)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -23,7 +23,14 @@ from idp.observability import audience_label, audit, count_id_token, metrics
 from idp.ratelimit import rate_limits
 from idp.tokens import request_tokens
 from idp.tokens.claims import id_token_claims, validate_audiences
-from idp.tokens.context import ID_RULE, MAX_TTL, is_canonical_id, parse_context
+from idp.tokens.context import (
+    ID_RULE,
+    MAX_TTL,
+    DuplicateKey,
+    is_canonical_id,
+    load_json,
+    parse_context,
+)
 from idp.tokens.lifetime import requested_lifetime
 from idp.tokens.request_tokens import RequestToken
 from idp.views import keyring, store
@@ -203,11 +210,15 @@ def _open(settings: Settings) -> Response:
     if not request.is_json:
         raise InvalidRequest("send the build context as JSON (Content-Type: application/json)")
     try:
-        body = request.get_json(silent=True)
-    except RecursionError:  # json nests deeper than Python recurses: not a build context
-        body = None
-    if body is None:
-        raise InvalidRequest("the body is not valid JSON: send the build context as an object")
+        body = load_json(request.get_data(cache=False))
+    except DuplicateKey as exc:
+        raise InvalidRequest(
+            f"the build context names {str(exc)[:40]!r} twice: send each field once"
+        ) from None
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
+        raise InvalidRequest(
+            "the body is not valid JSON: send the build context as an object"
+        ) from None
     ctx = parse_context(body, settings.claim_policy)
     epoch = store().epoch
     store().check_build_state(epoch)  # 503 while a reset store is being restored

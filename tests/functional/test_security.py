@@ -302,6 +302,9 @@ ATTACKS = [
     Attack("a context too large for a request token", open_with(CI, {**CONTEXT, "ref": "refs/" + "\u4e2d" * 500, "branch": "\u4e2d" * 500, "step": "\u4e2d" * 256, "actor": "\u4e2d" * 256, "request": "\u4e2d" * 256, "sha": "\u4e2d" * 128, "event": "\u4e2d" * 128}), 400, "invalid_request"),
     Attack("a lone surrogate in the context", open_with(CI, raw=b'{"step": "s\\ud800"}'), 400, "invalid_request"),
     Attack("JSON that is not an object", open_with(CI, [1, 2]), 400, "invalid_request"),
+    # A CI server that checks the first `repo` while the issuer kept the last would be fooled.
+    Attack("a context naming repo twice", open_with(CI, raw=json.dumps(CONTEXT)[:-1].encode() + b', "repo": "victim-org/x"}'), 400, "invalid_request"),
+    Attack("a duplicate key nested in the context", open_with(CI, raw=json.dumps({**CONTEXT, "image": {"a": 2}}).encode().replace(b'{"a": 2}', b'{"a": 1, "a": 2}')), 400, "invalid_request"),
     Attack("wrong method", lambda t: requests.put(f"{t.issuer}/request-tokens", headers=CI, timeout=10), 405, "method_not_allowed"),
     Attack("OPTIONS on the GitHub exchange", lambda t: requests.options(f"{t.issuer}/id-token?audience=a", headers={"Authorization": f"Bearer {t.token()}"}, timeout=10), 405, "method_not_allowed"),
     Attack("OPTIONS on the Vela exchange", lambda t: requests.options(f"{t.base}/api/v1/repos/octo-org/octo-repo/builds/42/id_token?audience=a", headers={"Authorization": f"Bearer {t.token()}"}, timeout=10), 405, "method_not_allowed"),

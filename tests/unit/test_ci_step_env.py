@@ -81,7 +81,15 @@ def test_apply_sets_refuses_what_is_not_a_plain_claim(assignment: str) -> None:
         apply_sets({}, [assignment])
 
 
-@pytest.mark.parametrize(("text", "fragment"), [("{", "not JSON"), ("1", "int"), ("null", "None")])
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("{", "not JSON"),
+        ("1", "int"),
+        ("null", "None"),
+        ('{"repo": "a/b", "repo": "c/d"}', "names 'repo' twice"),
+    ],
+)
 def test_parse_context_wants_an_object(text: str, fragment: str) -> None:
     with pytest.raises(UsageError, match=fragment):
         parse_context(text, "'c.json'")
