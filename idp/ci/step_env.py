@@ -59,8 +59,13 @@ def parse_context(text: str, where: str) -> dict[str, Any]:
     return data
 
 
-def apply_sets(context: Mapping[str, Any], assignments: Iterable[str]) -> dict[str, Any]:
-    """The context with each `CLAIM=VALUE` applied in order (a later one wins)."""
+def apply_sets(
+    context: Mapping[str, Any],
+    assignments: Iterable[str],
+    bool_fields: frozenset[str] = BOOL_FIELDS,
+) -> dict[str, Any]:
+    """The context with each `CLAIM=VALUE` applied in order (a later one wins).
+    `bool_fields`: the fields the issuer wants as JSON booleans (its claim policy's)."""
     result = dict(context)
     for assignment in assignments:
         claim, sep, raw = assignment.partition("=")
@@ -71,13 +76,15 @@ def apply_sets(context: Mapping[str, Any], assignments: Iterable[str]) -> dict[s
                 f"--set {claim!r}: a claim is a plain name (letters, digits and '_', not "
                 "starting with a digit), e.g. --set environment=prod"
             )
-        result[claim] = typed_value(claim, raw, context.get(claim))
+        result[claim] = typed_value(claim, raw, context.get(claim), bool_fields)
     return result
 
 
-def typed_value(claim: str, raw: str, current: Any) -> Any:
+def typed_value(
+    claim: str, raw: str, current: Any, bool_fields: frozenset[str] = BOOL_FIELDS
+) -> Any:
     """`raw` as the JSON type `claim` has now (or always has, for the issuer's own fields)."""
-    if isinstance(current, bool) or (current is None and claim in BOOL_FIELDS):
+    if isinstance(current, bool) or (current is None and claim in bool_fields):
         lowered = raw.strip().lower()
         if lowered not in ("true", "false"):
             raise UsageError(f"--set {claim}={raw!r}: {claim} is a boolean, give true or false")

@@ -19,8 +19,10 @@ from click.core import ParameterSource
 from idp.ci import UsageError
 from idp.ci.client import DEFAULT_TIMEOUT, Issuer, check_issuer, close_build, open_request_token
 from idp.ci.client import read_secret as _read_secret
-from idp.ci.step_env import FORMATS, apply_sets, parse_context, render
+from idp.ci.step_env import BOOL_FIELDS, FORMATS, apply_sets, parse_context, render
 from idp.config import DEFAULT_ISSUER
+from idp.errors import ConfigError
+from idp.tokens.claims_file import load_claims_file
 from idp.tokens.context import ID_RULE, is_canonical_id
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -132,7 +134,16 @@ def _read_context(path: str) -> str:
     multiple=True,
     metavar="CLAIM=VALUE",
     help="Set a field of the context (repeatable). The value keeps the type the field has "
-    "in the context (true/false for pull_fork and commands, digits for ttl), else text.",
+    "in the context (true/false for pull_fork, commands and the claims file's bool claims, "
+    "digits for ttl), else text.",
+)
+@click.option(
+    "--claims-file",
+    envvar="IDP_CLAIMS_FILE",
+    show_envvar=True,
+    metavar="FILE",
+    help="The issuer's claim policy (YAML), if it has one: --set then knows which declared "
+    "claims are booleans.",
 )
 @click.option(
     "--format",
@@ -148,6 +159,7 @@ def _read_context(path: str) -> str:
 def open_(
     context_path: str | None,
     assignments: tuple[str, ...],
+    claims_file: str | None,
     output_format: str,
     issuer: str,
     secret_file: str | None,
@@ -168,8 +180,15 @@ def open_(
         )
     target = _issuer(issuer, secret_file, cafile, timeout)
     where = "(stdin)" if context_path == "-" else repr(context_path)
+    bools = BOOL_FIELDS
+    if claims_file:
+        try:
+            policy = load_claims_file(claims_file)
+        except ConfigError as exc:
+            raise click.UsageError(exc.description) from None
+        bools = frozenset(n for n, spec in policy.fields.items() if spec.kind == "bool")
     with _usage_errors():
-        context = apply_sets(parse_context(_read_context(context_path), where), assignments)
+        context = apply_sets(parse_context(_read_context(context_path), where), assignments, bools)
         opened = open_request_token(target, context)
     click.echo(render(opened.answer, opened.body, output_format), nl=False)
 

@@ -68,7 +68,8 @@ def load_json(text: str | bytes) -> Any:
 @dataclass(frozen=True, kw_only=True)
 class BuildContext:
     """A validated build context. A built-in field the claims file made optional is None when
-    absent; declared claims are in `extra`, as the token carries them (strings)."""
+    absent; declared claims are in `extra`, as parsed (a bool claim a bool, as the built-ins:
+    the request token carries the context as JSON and the exchange parses it again)."""
 
     build_id: str
     repo: str | None = None
@@ -85,7 +86,7 @@ class BuildContext:
     commands: bool | None = None
     request: str | None = None
     environment: str | None = None
-    extra: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, str | bool] = field(default_factory=dict)
     ttl: int | None = None
 
     @functools.cached_property
@@ -201,7 +202,7 @@ def parse_context(data: object, policy: ClaimPolicy = BUILTIN_POLICY) -> BuildCo
         raise InvalidRequest(f"build context field {missing[0]!r} is missing")
 
     values: dict[str, Any] = {}
-    extra: dict[str, str] = {}
+    extra: dict[str, str | bool] = {}
     for name, spec in fields.items():
         if name not in data:
             continue
@@ -209,8 +210,8 @@ def parse_context(data: object, policy: ClaimPolicy = BUILTIN_POLICY) -> BuildCo
         if name in BUILTIN_FIELDS:
             values[name] = value
         else:
-            # Declared claims travel as the token carries them: strings ("true", "42").
-            extra[name] = ("true" if value else "false") if isinstance(value, bool) else value
+            # As parsed: the ID token's claims are made strings by tokens.claims.
+            extra[name] = value
 
     # Neither part may be '.' or '..': `../x` or `x/..` would read as a path to another repo
     # in every URL, file or policy pattern built from it.

@@ -27,6 +27,7 @@ import requests
 
 from tests.aws.tls import Pki
 from tests.support import CI_SECRET, ROOT, IssuerProcess, free_port
+from tests.unit.test_claims_file import OCTOPUS, OCTOPUS_CONTEXT
 
 AUDIENCE = "sts.amazonaws.com"
 ENV_NAMES = {
@@ -729,3 +730,39 @@ def test_a_context_file_with_a_byte_order_mark(issuer: IssuerProcess, tmp_path: 
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(new_context()).encode())
     result = run("ci", "open", "--context", str(path), "--format", "json", issuer=issuer)
     assert result.returncode == 0, result
+
+
+def test_set_types_the_claims_files_booleans(tmp_path: Path) -> None:
+    # A declared bool claim is a JSON boolean to the issuer; `--set approved=true` sends one
+    # when idp ci reads the same claims file (IDP_CLAIMS_FILE), and the issuer takes it.
+    claims = tmp_path / "claims.yaml"
+    text = OCTOPUS.replace(
+        "  runbook:     {kind: text}\n",
+        "  runbook:     {kind: text}\n  approved:    {kind: bool}\n",
+    )
+    claims.write_text(text, encoding="utf-8")
+    context = tmp_path / "context.json"
+    context.write_text(json.dumps(OCTOPUS_CONTEXT))
+    env = {
+        "IDP_KEYS_DIR": str(tmp_path / "keys"),
+        "IDP_CLAIMS_FILE": str(claims),
+        "IDP_CI_SECRET": CI_SECRET,
+    }
+    with IssuerProcess(env) as issuer:
+        args = ("ci", "open", "--context", str(context), "--set", "approved=true")
+        without = run(*args, "--format", "json", issuer=issuer)
+        assert without.returncode == 1, without.stderr  # sent as text "true": refused
+        assert "approved" in without.stderr
+        typed = run(*args, "--format", "json", env={"IDP_CLAIMS_FILE": str(claims)}, issuer=issuer)
+        assert typed.returncode == 0, typed.stderr
+        token = json.loads(typed.stdout)["token"]
+        answer = requests.get(
+            f"{issuer.issuer}/id-token?audience={AUDIENCE}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+        claims_of = jwt.decode(answer.json()["value"], options={"verify_signature": False})
+        assert claims_of["approved"] == "true"
+        bad = run(*args, env={"IDP_CLAIMS_FILE": str(tmp_path / "missing.yaml")}, issuer=issuer)
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import pytest
 from joserfc import jwt
 from joserfc.jwk import OctKey
 
+from idp.config import Settings
 from idp.errors import InvalidToken
 from idp.keys.ring import LEGACY_SECRET_ID
 from idp.tokens import request_tokens
+from idp.tokens.claims import id_token_claims
+from idp.tokens.claims_file import load_claims_file
 from idp.tokens.context import parse_context
 from tests.unit.test_claims import CONTEXT
+from tests.unit.test_claims_file import OCTOPUS, OCTOPUS_CONTEXT
 
 ISSUER = "https://ci.example.com/_services/token"
 NOW = 1_800_000_000
@@ -57,3 +62,25 @@ def test_a_token_from_before_secrets_rotated_verifies_with_the_legacy_secret() -
     assert opened.jti == claims["jti"]
     with pytest.raises(InvalidToken):
         request_tokens.verify(legacy, {"r9": NEW}, ISSUER, NOW + 1)
+
+
+@pytest.mark.parametrize(
+    "kind_and_value", [("bool", True), ("bool", False), ("id", 42), ("text", "a")]
+)
+def test_every_kind_of_declared_claim_survives_the_request_token(
+    tmp_path: Path, kind_and_value: tuple[str, object]
+) -> None:
+    # The request token carries the parsed context; the exchange parses it again under the
+    # same policy, so what a context may hold must read back from the token (a declared bool
+    # once travelled as the string "true" and was refused at the exchange).
+    kind, value = kind_and_value
+    text = OCTOPUS.replace("  runbook:     {kind: text}\n", f"  runbook:     {{kind: {kind}}}\n")
+    (tmp_path / "c.yaml").write_text(text, encoding="utf-8")
+    policy = load_claims_file(str(tmp_path / "c.yaml"))
+    context = parse_context({**OCTOPUS_CONTEXT, "runbook": value}, policy)
+    token = request_tokens.issue(context, ("r1", OLD), ISSUER, NOW, 600).token
+    opened = request_tokens.verify(token, {"r1": OLD}, ISSUER, NOW + 1, policy)
+    assert opened.context == context
+    claims = id_token_claims(opened.context, ["a"], Settings(claim_policy=policy), NOW)
+    expected = {True: "true", False: "false"}.get(value, str(value))  # type: ignore[call-overload]
+    assert claims["runbook"] == expected
