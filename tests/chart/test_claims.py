@@ -348,3 +348,14 @@ def test_the_chart_still_lints_with_a_policy() -> None:
     report = helm.lint(CHART_DIR, with_policy(example(OCTOPUS)), strict=True, namespace="ci")
     assert report["errors"] == []
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_the_readmes_values_example_is_the_octopus_example(tmp_path: Path) -> None:
+    """helm/README.md's `config.claims` block says what docs/examples' file says."""
+    readme = chart_file("README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Claim policy\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    values = yaml.safe_load(block)
+    assert values["config"]["claims"] == example(OCTOPUS)
+    with helm.Chart.load(CHART_DIR) as chart:
+        chart.validate_schema(chart.merge_values(values))
