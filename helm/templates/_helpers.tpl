@@ -133,6 +133,24 @@ nothing, so there they are generated anew (see README, GitOps).
 {{- end -}}
 {{- end -}}
 
+{{/* The claim policy ---------------------------------------------------------------- */}}
+
+{{/*
+The ConfigMap and key holding the claims file (IDP_CLAIMS_FILE) as "name/key": the chart's
+own <fullname>-claims (config.claims) or the operator's (config.claimsExistingConfigMap);
+empty without a claim policy. (A ConfigMap name may be 253 long: the suffix is safe.)
+*/}}
+{{- define "idp.claimsConfigMapRef" -}}
+{{- if .Values.config.claims -}}
+{{- printf "%s-claims/claims.yaml" (include "idp.fullname" .) -}}
+{{- else if and .Values.config.claimsExistingConfigMap .Values.config.claimsExistingConfigMap.name -}}
+{{- printf "%s/%s" .Values.config.claimsExistingConfigMap.name .Values.config.claimsExistingConfigMap.key -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where the pod sees the claims file. */}}
+{{- define "idp.claimsFile" -}}/etc/idp/claims/claims.yaml{{- end -}}
+
 {{/* Checks ------------------------------------------------------------------------- */}}
 
 {{/* Refuse values that would install a broken or unsafe issuer, naming the fix. */}}
@@ -185,6 +203,24 @@ nothing, so there they are generated anew (see README, GitOps).
 {{- range $part := splitList "," .Values.secrets.keyEncryptionKey -}}
 {{- if and (trim $part) (lt (len (trim $part)) 32) -}}
 {{- fail "secrets.keyEncryptionKey holds a key shorter than 32 characters: generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`" -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.config.claims .Values.config.claimsExistingConfigMap .Values.config.claimsExistingConfigMap.name -}}
+{{- fail "config.claims and config.claimsExistingConfigMap.name are both set: keep one (the policy in the values, or the name of your ConfigMap holding it)" -}}
+{{- end -}}
+{{- if and (include "idp.claimsConfigMapRef" .) (hasKey .Values.config.extra "IDP_CLAIMS_FILE") -}}
+{{- fail "config.extra.IDP_CLAIMS_FILE and a claim policy (config.claims or config.claimsExistingConfigMap) are both set: remove config.extra.IDP_CLAIMS_FILE, the chart sets it" -}}
+{{- end -}}
+{{- with .Values.config.claims -}}
+{{- /* As the issuer: IDP_SUBJECT_CLAIMS starts with the identity claims, unless a rule
+       without match applies to every token (IDP_SUBJECT_CLAIMS is then never used). */ -}}
+{{- $identity := .identity | default (list "repo") -}}
+{{- $catchAll := false -}}
+{{- range .subjects -}}{{- if not .match -}}{{- $catchAll = true -}}{{- end -}}{{- end -}}
+{{- $subject := $.Values.config.subjectClaims -}}
+{{- $head := slice $subject 0 (min (len $identity) (len $subject)) -}}
+{{- if and (not $catchAll) (ne (join "," $head) (join "," $identity)) -}}
+{{- fail (printf "config.subjectClaims (%s) must start with config.claims.identity (%s) so that every subject names its owner: set it to e.g. [%s], or end config.claims.subjects with a rule without match" (join "," $subject) (join "," $identity) (join ", " $identity)) -}}
 {{- end -}}
 {{- end -}}
 {{- range $name, $_ := .Values.config.extra -}}

@@ -170,7 +170,8 @@ def test_schema_claim_lists_match_the_issuers_claims() -> None:
     import json
 
     schema = json.loads(chart_file("values.schema.json").read_text(encoding="utf-8"))
-    config = schema["properties"]["config"]["properties"]
+    # Without a claim policy (config.claims), only the built-in claims exist.
+    config = schema["properties"]["config"]["then"]["properties"]
     assert config["subjectClaims"]["additionalItems"]["enum"] == list(CONTEXT_CLAIMS)
     assert config["awsSessionTags"]["items"]["enum"] == list(CONTEXT_CLAIMS)
 
@@ -205,6 +206,17 @@ def issuer_environment(
             local.write_text(content, encoding="utf-8")
             value = str(local)
         env[var["name"]] = value
+    # Files of ConfigMap volumes (the claim policy), laid in tmp_path too.
+    for path, (config_map, key) in config_map_files(rendered).items():
+        if rendered.find("ConfigMap", config_map) is not None:
+            content = rendered.one("ConfigMap", config_map)["data"][key]
+        else:
+            assert external is not None and (config_map, key) in external, (config_map, key)
+            content = external[(config_map, key)]
+        local = tmp_path / path.lstrip("/")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(content, encoding="utf-8")
+        env = {name: str(local) if value == path else value for name, value in env.items()}
     return env
 
 
@@ -218,6 +230,19 @@ def projected_files(rendered: Rendered) -> dict[str, tuple[str, str]]:
         for item in source["secret"]["items"]:
             path = f"{mount['mountPath']}/{item['path']}"
             files[path] = (source["secret"]["name"], item["key"])
+    return files
+
+
+def config_map_files(rendered: Rendered) -> dict[str, tuple[str, str]]:
+    """Path in the container -> (ConfigMap name, key), for every ConfigMap volume mounted."""
+    volumes = {v["name"]: v for v in rendered.issuer["spec"]["template"]["spec"]["volumes"]}
+    files = {}
+    for mount in rendered.container["volumeMounts"]:
+        source = volumes[mount["name"]].get("configMap")
+        if source is None:
+            continue
+        for item in source["items"]:
+            files[f"{mount['mountPath']}/{item['path']}"] = (source["name"], item["key"])
     return files
 
 
