@@ -33,9 +33,11 @@ made it writes back, within one more refresh interval.
 A failover (Sentinel promoting a replica) keeps `idp:epoch`, so no reset is seen; but writes
 the old master took just before it died may not have reached the replica. A closure is the
 one write whose loss would break a promise made to the CI server, so when the master has
-replicas (`connected_slaves`, read at every sync), closing a build also waits (`WAIT 1`, at
-most CLOSE_WAIT_MS) for one replica to hold it, and answers 503 ("not confirmed, close
-again") when none does: a closure answered 200 survives the failover of its master. Only an
+replicas (`connected_slaves`, read at every sync, and any seen in the last
+REPLICAS_EXPECTED_FOR seconds: a replica whose link just broke is the case that matters),
+closing a build also waits (`WAIT 1`, at most CLOSE_WAIT_MS) for one replica to hold it, and
+answers 503 ("not confirmed, close again") when none does: a closure answered 200 survives
+the failover of its master. Only an
 unconfirmed closure can be lost, and even that is written back as follows. For the ring, the
 replicas' merge by content restores lost keys (keyring.py). For closures, a sync reads them
 all, compares them with its mirror and writes back the ones Redis lacks ("reconciles") when:
@@ -105,7 +107,11 @@ HOT_TIMEOUTS = (0.5, 0.5)
 LOOKBACK = 10.0
 FULL_RECONCILE = 30.0
 # How long closing a build waits for a replica of the master to hold the closure.
-CLOSE_WAIT_MS = 500
+CLOSE_WAIT_MS = 1000
+# Replicas seen this recently are expected: their link dropping is exactly when a closure must
+# not be confirmed on the master alone. Without any for this long, the master is alone by
+# design (no failover can lose what only it holds) and closures are confirmed without them.
+REPLICAS_EXPECTED_FOR = 60.0
 
 # Delete the lock only if it is still ours (it may have expired and been taken by another).
 _RELEASE = """
@@ -180,7 +186,7 @@ class RedisStore:
         self._restored: frozenset[str] = frozenset()
         self._pending: dict[str, float] = {}  # closures made while Redis failed
         self._server: str | None = None  # the run_id of the Redis server last synced with
-        self._replicas = 0  # replicas connected to that server, as last synced
+        self._replicas_until = 0.0  # monotonic time until which replicas are expected
         self._reconciled_at = 0.0  # monotonic time of the last full comparison
         # Budgets counted while Redis cannot be: in this worker, until it answers again.
         self._counters = MemoryCounters()
@@ -325,7 +331,8 @@ class RedisStore:
                 self._queue_closure(pipe, build_id, expires_at)
                 pipe.zremrangebyscore(CLOSED_SET, "-inf", time.time())
                 pipe.execute()
-            held = self.client.wait(1, CLOSE_WAIT_MS) if self._replicas else None
+            expected = time.monotonic() < self._replicas_until
+            held = self.client.wait(1, CLOSE_WAIT_MS) if expected else None
         except RedisError as exc:
             raise self._unavailable(exc) from None
         if held is not None and held < 1:
@@ -480,7 +487,8 @@ class RedisStore:
         info = info if isinstance(info, dict) else {}
         server = info.get("run_id")
         replicas = info.get("connected_slaves", 0)
-        self._replicas = replicas if isinstance(replicas, int) else 0
+        if isinstance(replicas, int) and replicas > 0:
+            self._replicas_until = time.monotonic() + REPLICAS_EXPECTED_FOR
         return raw, members, closures, int(stored), None if server is None else str(server)
 
     def _sync(self) -> None:

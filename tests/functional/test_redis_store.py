@@ -16,7 +16,7 @@ import requests
 
 from idp.app import create_app
 from idp.config import load_settings
-from idp.errors import ConfigError, KeyDecryptionError
+from idp.errors import ConfigError, KeyDecryptionError, Unavailable
 from idp.keys.keyring import KeyRing
 from idp.store import create_store, redis_store
 from idp.store.base import StoreUnavailable
@@ -168,6 +168,43 @@ def test_closures_that_cancel_out_in_the_count_are_compared_at_the_latest_period
     one.sync()
     assert client.exists("idp:build:closed:7002")
     assert one.is_build_closed("7004")
+
+
+def test_a_closure_no_replica_confirmed_is_not_answered_as_done(
+    tmp_path: Path, make_settings
+) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "master").mkdir()
+    (tmp_path / "replica").mkdir()
+    master, replica = RedisServer(tmp_path / "master"), RedisServer(tmp_path / "replica")
+    master.start()
+    replica.start()
+    try:
+        settings = make_settings(IDP_REDIS_URL=master.url, IDP_KEY_ENCRYPTION_KEY=KEK)
+        store = create_store(settings)
+        store.sync()
+        expiry = int(time.time()) + 3600
+        store.close_build("1", expiry)  # a master without replicas: it alone holds anything
+        links = master.client()
+        links.config_set("repl-diskless-sync-delay", 0)  # not Redis's 5 s wait for more replicas
+        replica.client().replicaof("127.0.0.1", master.port)
+        # Online as its master sees it (its first acknowledgement can take a second).
+        wait_for(
+            lambda: links.info("replication").get("slave0", {}).get("state") == "online",
+            what="a replica in sync",
+        )
+        store.sync()
+        store.close_build("2", expiry)  # held by the replica before the answer
+        assert replica.client().exists("idp:build:closed:2")
+        replica.stop()
+        wait_for(lambda: links.info("replication")["connected_slaves"] == 0, what="no replica")
+        store.sync()  # none now, but one a moment ago: its link breaking is the case to catch
+        with pytest.raises(Unavailable, match="close it again"):
+            store.close_build("3", expiry)
+        assert store.is_build_closed("3")  # refused here all the same, and written again
+        assert links.exists("idp:build:closed:3")
+    finally:
+        replica.stop()
+        master.stop()
 
 
 def test_the_app_serves_from_redis(redis_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
