@@ -27,6 +27,7 @@ import requests
 
 from tests.aws.tls import Pki
 from tests.support import CI_SECRET, ROOT, IssuerProcess, free_port
+from tests.unit.test_claims import CONTEXT
 from tests.unit.test_claims_file import OCTOPUS, OCTOPUS_CONTEXT
 
 AUDIENCE = "sts.amazonaws.com"
@@ -35,22 +36,6 @@ ENV_NAMES = {
     "VELA_ID_TOKEN_REQUEST_TOKEN",
     "ACTIONS_ID_TOKEN_REQUEST_URL",
     "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
-}
-CONTEXT: dict[str, Any] = {
-    "repo": "octo-org/octo-repo",
-    "ref": "refs/heads/main",
-    "sha": "6dcb09b5b57875f334f61aebed695e2e4193db5e",
-    "event": "push",
-    "branch": "main",
-    "build_id": 1234,
-    "build_number": 42,
-    "actor": "octocat",
-    "actor_scm_id": 583231,
-    "pull_fork": False,
-    "step": "deploy",
-    "image": "golang:1.22",
-    "commands": False,
-    "request": "yes",
 }
 
 _builds = iter(range(10_000, 20_000))
