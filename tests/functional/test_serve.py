@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jwt
@@ -52,7 +53,10 @@ def test_a_token_signed_by_the_key_store_verifies_with_pyjwkclient(
     )
     ring = KeyRing(settings, create_store(settings))
     ring.refresh()
-    token, kid = ring.sign({"iss": live_issuer.issuer, "sub": "x", "aud": "a", "exp": 2**31})
+    # A token the ring may sign: it expires while its key is still published (the ring
+    # refuses one that would outlive the key, as a year-2038 `exp` would).
+    exp = int(time.time()) + settings.token_ttl
+    token, kid = ring.sign({"iss": live_issuer.issuer, "sub": "x", "aud": "a", "exp": exp})
     client = jwt.PyJWKClient(f"{live_issuer.issuer}/.well-known/jwks", cache_keys=False)
     signing_key = client.get_signing_key_from_jwt(token)
     assert signing_key.key_id == kid
