@@ -11,6 +11,7 @@ from typing import Any
 from bench.ceilings import SigningCeiling
 from bench.measure import Run
 from bench.servers import RoundTrips
+from idp.cli.worker import THREADS
 
 REFERENCE_CONCURRENCY = 32
 # A command issued on every request shows as >= 1 per request; the refresher's few commands a
@@ -27,6 +28,9 @@ FLOOR_NAMES = {
 BUSY = 0.25
 # The exchange may cost at most this much CPU per request over the minting floor's.
 MINT_CPU_OVER_FLOOR = 1.15
+
+# What `idp serve` runs (the bench starts it exactly so), for the report's plan line.
+WORKER_MODEL = f"gthread, {THREADS} threads each"
 
 
 @dataclass(frozen=True)
@@ -267,7 +271,7 @@ def markdown(results: Results) -> str:
         f"Machine: {m['cpu_model']}, {m['cpu_count']} CPUs, {m['memory_gib']:.1f} GiB, "
         f"{m['kernel']}; Python {m['python']}; {m['wrk']}; redis-server {m['redis_server']}.",
         "Libraries: " + ", ".join(f"{k} {v}" for k, v in m["libraries"].items()) + ".",
-        f"Plan: {plan['workers']} gunicorn workers (sync) and {plan['workers']} signing "
+        f"Plan: {plan['workers']} gunicorn workers ({WORKER_MODEL}) and {plan['workers']} signing "
         f"processes; {plan['seconds']} s per run; wrk {plan['wrk_threads']} thread(s)"
         + (f" pinned to CPU {plan['pin_wrk']}" if plan.get("pin_wrk") else ", not pinned")
         + f"; {plan['tokens']} request tokens rotated"
