@@ -8,10 +8,12 @@ of the build it closes it. Results go to stdout; errors are one line on stderr.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import click
 from click.core import ParameterSource
@@ -97,12 +99,31 @@ def _issuer(issuer: str, secret_file: str | None, cafile: str | None, timeout: f
     ctx = click.get_current_context()
     explicit = ctx.get_parameter_source("secret_file") == ParameterSource.COMMANDLINE
     with _usage_errors():
-        return Issuer(
+        target = Issuer(
             url=check_issuer(issuer),
             secret=_read_secret(secret_file if explicit else None),
             cafile=cafile,
             timeout=timeout,
         )
+    parts = urlsplit(target.url)
+    if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+        # Allowed (a cluster-internal Service is often plain http), never silently: the CI
+        # secret opens request tokens for any repository.
+        click.echo(
+            f"idp: warning: the CI secret goes to {parts.hostname} over plain http; use the "
+            "issuer's https URL unless this network is private to the CI server and the issuer",
+            err=True,
+        )
+    return target
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _read_context(path: str) -> str:

@@ -751,3 +751,17 @@ def test_set_types_the_claims_files_booleans(tmp_path: Path) -> None:
         assert claims_of["approved"] == "true"
         bad = run(*args, env={"IDP_CLAIMS_FILE": str(tmp_path / "missing.yaml")}, issuer=issuer)
         assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_the_secret_over_plain_http_to_another_host_is_said(tmp_path: Path) -> None:
+    # Allowed (a cluster-internal Service), but never silently. 192.0.2.1 is TEST-NET-1:
+    # nothing answers, so the call ends in its own one-line failure after the warning.
+    context = tmp_path / "context.json"
+    context.write_text(json.dumps(CONTEXT))
+    env = {"IDP_ISSUER": "http://192.0.2.1/_services/token", "IDP_CI_SECRET": CI_SECRET}
+    result = run("ci", "open", "--context", str(context), "--timeout", "1", env=env)
+    assert result.returncode == 1
+    warning, *rest = result.stderr.strip().splitlines()
+    assert warning.startswith("idp: warning: the CI secret goes to 192.0.2.1 over plain http")
+    assert len(rest) == 1 and rest[0].startswith("idp: error:")
+    assert CI_SECRET not in result.stdout + result.stderr
