@@ -17,7 +17,7 @@ import click
 from idp.config import Settings, load_settings
 from idp.errors import InvalidRequest
 from idp.tokens.claims import context_claims, session_tags, subject_of
-from idp.tokens.context import parse_context
+from idp.tokens.context import DuplicateKey, load_json, parse_context
 from idp.tokens.vocabulary import BUILTIN_FIELDS, DERIVED_CLAIMS, ClaimPolicy, Field
 
 
@@ -88,9 +88,12 @@ def _subjects(settings: Settings) -> list[dict[str, Any]]:
 
 
 def _read_context(stream: IO[str], name: str) -> Any:
+    # As the issuer reads a context (a key named twice is refused there too).
     try:
-        return json.loads(stream.read())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        return load_json(stream.read())
+    except DuplicateKey as exc:
+        raise InvalidRequest(f"--context {name} names {str(exc)[:40]!r} twice") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidRequest(
             f"--context {name} is not JSON ({exc.__class__.__name__}): give the build context "
             "as a JSON object"

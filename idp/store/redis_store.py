@@ -37,10 +37,10 @@ replicas (`connected_slaves`, read at every sync, and any seen in the last
 REPLICAS_EXPECTED_FOR seconds: a replica whose link just broke is the case that matters),
 closing a build also waits (`WAIT 1`, at most CLOSE_WAIT_MS) for one replica to hold it, and
 answers 503 ("not confirmed, close again") when none does: a closure answered 200 survives
-the failover of its master. Only an
-unconfirmed closure can be lost, and even that is written back as follows. For the ring, the
-replicas' merge by content restores lost keys (keyring.py). For closures, a sync reads them
-all, compares them with its mirror and writes back the ones Redis lacks ("reconciles") when:
+the failover of its master. Only an unconfirmed closure can be lost, and even that is written
+back as follows. For the ring, the replicas' merge by content restores lost keys (keyring.py).
+For closures, a sync reads them all, compares them with its mirror and writes back the ones
+Redis lacks ("reconciles") when:
 - the server answering is another one (its `run_id`, read in the same round trip, changed):
   a failover, or a restart that loaded an older copy. A count alone cannot say this: the
   closures the dead master lost and the ones this replica has not mirrored yet (another

@@ -25,12 +25,10 @@ from flask import Blueprint, Flask, Response, request
 from idp.config import Settings
 from idp.keys.keyring import KeyRing, Published
 from idp.ratelimit import RateLimits
-from idp.tokens.vocabulary import CONTEXT_CLAIMS, ClaimPolicy
+from idp.tokens.vocabulary import ClaimPolicy
 
 # The claims the issuer sets itself, before the context's.
 ISSUER_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "nbf", "jti", "token_type")
-# Without a claims file.
-ID_TOKEN_CLAIMS = (*ISSUER_CLAIMS, *CONTEXT_CLAIMS)
 
 
 def id_token_claims_of(policy: ClaimPolicy) -> tuple[str, ...]:
@@ -100,7 +98,7 @@ class PublishedDocuments:
     def __init__(
         self,
         app: WSGIApp,
-        documents: dict[str, Callable[[], Published]],
+        documents: dict[str, tuple[str, Callable[[], Published]]],
         max_age: int,
         limits: RateLimits,
     ) -> None:
@@ -110,14 +108,14 @@ class PublishedDocuments:
         self.limits = limits
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        document = self.documents.get(environ.get("PATH_INFO", ""))
+        found = self.documents.get(environ.get("PATH_INFO", ""))
         method = environ.get("REQUEST_METHOD")
-        if document is None or method not in ("GET", "HEAD"):
+        if found is None or method not in ("GET", "HEAD"):
             return self.app(environ, start_response)
+        scope, document = found
         # The same per-address budget as the Flask view's, in this worker's memory. A spent
         # budget (or a ring not loaded yet) is Flask's to answer, with its JSON error: the
         # request is counted once more there, which changes nothing for a budget already spent.
-        scope = "jwks" if environ["PATH_INFO"].endswith("/jwks") else "discovery"
         address = environ.get("REMOTE_ADDR") or "unknown"
         items = self.limits.client_items
         if items and any(
@@ -154,11 +152,15 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.register_blueprint(bp)
     # Flask's own WSGI callable, before any other layer wraps it (app.py orders them), so the
     # client address is the one ProxyFix settled on and the security headers are added after.
+    # Each path counts against its view's budget (`limits.document` names it by the view).
     app.wsgi_app = PublishedDocuments(  # type: ignore[method-assign]
         app.wsgi_app,
         {
-            f"{settings.issuer_path}/.well-known/openid-configuration": discovery_doc.get,
-            f"{settings.issuer_path}/.well-known/jwks": keyring.jwks,
+            f"{settings.issuer_path}/.well-known/openid-configuration": (
+                discovery.__name__,
+                discovery_doc.get,
+            ),
+            f"{settings.issuer_path}/.well-known/jwks": (jwks.__name__, keyring.jwks),
         },
         settings.jwks_max_age,
         limits,

@@ -33,6 +33,13 @@ def claims(token: str) -> dict[str, Any]:
     return decoded
 
 
+def only(protocol: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leave the step with one protocol's request variables: VELA or ACTIONS."""
+    other = "ACTIONS" if protocol == "VELA" else "VELA"
+    monkeypatch.delenv(f"{other}_ID_TOKEN_REQUEST_URL")
+    monkeypatch.delenv(f"{other}_ID_TOKEN_REQUEST_TOKEN")
+
+
 @pytest.mark.parametrize("protocol", ["VELA", "ACTIONS"])
 def test_token_through_either_protocol(
     protocol: str,
@@ -40,9 +47,7 @@ def test_token_through_either_protocol(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    other = "ACTIONS" if protocol == "VELA" else "VELA"
-    monkeypatch.delenv(f"{other}_ID_TOKEN_REQUEST_URL")
-    monkeypatch.delenv(f"{other}_ID_TOKEN_REQUEST_TOKEN")
+    only(protocol, monkeypatch)
     code, out, err = run(["token", "--audience", "sts.amazonaws.com"], capsys)
     assert code == 0, err
     token = out.strip()
@@ -71,9 +76,7 @@ def test_lifetime_is_asked_for_and_honoured(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    other = "ACTIONS" if protocol == "VELA" else "VELA"
-    monkeypatch.delenv(f"{other}_ID_TOKEN_REQUEST_URL")
-    monkeypatch.delenv(f"{other}_ID_TOKEN_REQUEST_TOKEN")
+    only(protocol, monkeypatch)
     argv = ["token", "--audience", "sts.amazonaws.com"]
     if how == "flag":
         argv += ["--lifetime", "900"]

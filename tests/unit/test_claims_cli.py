@@ -241,6 +241,8 @@ def test_claims_show_with_a_context_prints_its_claims_and_sub(
         ('{"space": "Default", "project": "p", "build_id": 1}', 1, "'space'"),
         ('{"space": "default", "build_id": 1}', 1, "'project' is missing"),
         ("{", 1, "is not JSON"),
+        # As the issuer judges it: a key named twice is refused, not read as its last value.
+        ('{"space": "default", "project": "p", "project": "q", "build_id": 1}', 1, "twice"),
     ],
 )
 def test_claims_show_refuses_a_bad_context_in_one_line(
