@@ -145,7 +145,8 @@ class FileStore:
         self._prune_closed()
 
     def is_build_closed(self, build_id: str) -> bool:
-        return self._build_path(build_id).exists()
+        # os.path on a str, not Path.exists: every exchange asks, and this is its only stat.
+        return os.path.exists(str(self._build_path(build_id)))
 
     def count_and_check(self, budgets: Sequence[Budget], build_id: str | None = None) -> Counted:
         waits = self._counters.hit(list(budgets), time.time()) if budgets else ()

@@ -122,12 +122,22 @@ return 0
 # One hit against each budget: KEYS[i] is budget i's hash, ARGV = now, then limit and window
 # of each budget. Returns, per budget, 0 (counted) or whole seconds to wait. The same rule as
 # idp.store.counters.decide and retry_after, which tests/functional/test_rate_limits.py checks.
+# KEYS: the closed-build key when ARGV[2] is "1", then one key per budget; ARGV: now, that
+# flag, then each budget's limit and window. Returns {closed (0/1), wait of each budget}: the
+# exchange's one command (a pipeline of EXISTS and EVALSHA cost redis-py twice the work).
 _COUNT = """
 local now = tonumber(ARGV[1])
-local out = {}
-for i, key in ipairs(KEYS) do
-  local limit = tonumber(ARGV[2 * i])
-  local window = tonumber(ARGV[2 * i + 1])
+local first = 1
+local out = {0}
+if ARGV[2] == '1' then
+  out[1] = redis.call('EXISTS', KEYS[1])
+  first = 2
+end
+for i = first, #KEYS do
+  local n = i - first + 1
+  local key = KEYS[i]
+  local limit = tonumber(ARGV[1 + 2 * n])
+  local window = tonumber(ARGV[2 + 2 * n])
   local index = math.floor(now / window)
   local current, previous = 0, 0
   local kept = redis.call('HMGET', key, 'w', 'c', 'p')
@@ -150,11 +160,11 @@ for i, key in ipairs(KEYS) do
     else
       wait = (window - elapsed) - window * (limit - current - 1) / previous
     end
-    out[i] = math.min(window, math.max(1, math.ceil(wait)))
+    out[n + 1] = math.min(window, math.max(1, math.ceil(wait)))
   else
     redis.call('HSET', key, 'w', index, 'c', current + 1, 'p', previous)
     redis.call('EXPIRE', key, 2 * window + 1)
-    out[i] = 0
+    out[n + 1] = 0
   end
 end
 return out
@@ -400,21 +410,17 @@ class RedisStore:
     def _send_count(
         self, budgets: Sequence[Budget], build_id: str | None, now: float
     ) -> tuple[bool, tuple[int, ...]]:
-        with self.hot.pipeline(transaction=False) as pipe:
-            if build_id is not None:
-                pipe.exists(f"{CLOSED}{build_id}")
-            if budgets:
-                args: list[Any] = [repr(now)]
-                for budget in budgets:
-                    args += [budget.limit, budget.window]
-                # EVALSHA by hand: redis-py's Script in a pipeline first asks SCRIPT EXISTS,
-                # a round trip of its own; a NOSCRIPT reply is handled by the caller.
-                keys = [f"{LIMITS}{budget.name}" for budget in budgets]
-                pipe.evalsha(self._count.sha, len(keys), *keys, *args)
-            replies = pipe.execute()
-        exists = bool(replies[0]) if build_id is not None else False
-        waits = tuple(int(w) for w in replies[-1]) if budgets else ()
-        return exists, waits
+        if build_id is None and not budgets:
+            return False, ()
+        keys = [f"{CLOSED}{build_id}"] if build_id is not None else []
+        keys += [f"{LIMITS}{budget.name}" for budget in budgets]
+        args: list[Any] = [repr(now), "1" if build_id is not None else "0"]
+        for budget in budgets:
+            args += [budget.limit, budget.window]
+        # EVALSHA by hand: a NOSCRIPT reply is handled by the caller (redis-py's Script would
+        # first send the script's text on every NOSCRIPT, or ask SCRIPT EXISTS in a pipeline).
+        replies = self.hot.evalsha(self._count.sha, len(keys), *keys, *args)
+        return bool(replies[0]), tuple(int(w) for w in replies[1:])
 
     def _locally(self, budgets: Sequence[Budget], mirrored: bool, now: float) -> Counted:
         waits = self._counters.hit(list(budgets), now) if budgets else ()

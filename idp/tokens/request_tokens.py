@@ -8,15 +8,15 @@ so the exchange needs no lookup but one: whether its build was closed.
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.errors import ExpiredTokenError, JoseError
 from joserfc.jwk import OctKey
+from joserfc.jws import JWSRegistry
 from joserfc.jwt import JWTClaimsRegistry
 
 from idp.errors import InvalidRequest, InvalidToken
@@ -30,6 +30,10 @@ ALG = "HS256"
 # A request token travels as "Authorization: Bearer <token>", which gunicorn caps at 8190
 # bytes per header line: a token longer than this could be issued but never presented.
 MAX_TOKEN_LENGTH = 8000
+# Built once: joserfc builds a registry on every call that is given `algorithms` instead.
+# HS256 only: `alg: none`, an RS256 ID token and an HS256 token forged with a public key as
+# the secret all fail its checks.
+_REGISTRY = JWSRegistry(algorithms=[ALG])
 
 
 @dataclass(frozen=True)
@@ -96,22 +100,30 @@ def verify(
             "the request token is malformed: pass the value of "
             "ACTIONS_ID_TOKEN_REQUEST_TOKEN or VELA_ID_TOKEN_REQUEST_TOKEN as is"
         )
-    key = keys.get(_secret_id(token))
+    # The compact form is split and its header decoded once (jwt.decode would do it again
+    # after we read `kid`): the exchange verifies a request token on every mint.
+    try:
+        signed = jws.extract_compact(token.encode(), registry=_REGISTRY)
+    except (JoseError, ValueError, TypeError):
+        raise _not_valid() from None
+    header = signed.headers()
+    # `kid` (unverified: it only picks the secret to verify with); tokens from before
+    # secrets rotated have none and were signed with the legacy secret.
+    kid = header.get("kid", LEGACY_SECRET_ID)
+    key = keys.get(kid) if isinstance(kid, str) else None
     if key is None:
         raise InvalidToken(
             "the request token was signed with a secret this issuer no longer holds (it "
             "outlived its build's longest ttl) or never held; ask the CI server for a new one"
         )
     try:
-        # Only HS256 under our secret: `alg: none`, an RS256 ID token and an HS256 token
-        # forged with a public key as the secret all fail here.
-        decoded = jwt.decode(token, key, algorithms=[ALG])
+        valid = jws.validate_compact(signed, key, registry=_REGISTRY)
+        payload = json.loads(signed.payload) if valid else None
     except (JoseError, ValueError, TypeError):
-        raise InvalidToken(
-            "the request token is not valid for this issuer (bad signature or encoding); "
-            "ask the CI server for a new one"
-        ) from None
-    if decoded.header.get("typ") != TYP:
+        valid = False
+    if not valid or not isinstance(payload, dict):
+        raise _not_valid()
+    if header.get("typ") != TYP:
         raise InvalidToken("the bearer token is not a request token of this issuer")
     registry = JWTClaimsRegistry(
         now=now,
@@ -122,7 +134,7 @@ def verify(
         jti={"essential": True},
     )
     try:
-        registry.validate(decoded.claims)
+        registry.validate(payload)
     except ExpiredTokenError:
         raise InvalidToken(
             "the request token has expired: the step ran longer than its ttl; "
@@ -131,28 +143,24 @@ def verify(
     except JoseError as exc:
         raise InvalidToken(f"the request token was not issued for this issuer ({exc})") from None
     try:
-        ctx = parse_context(decoded.claims.get("ctx"), policy)
+        ctx = parse_context(payload.get("ctx"), policy)
     except InvalidRequest as exc:
         raise InvalidToken(
             f"the request token carries no valid build context ({exc.description}): ask the "
             "CI server for a new one"
         ) from None
-    epoch = decoded.claims.get("ep", LEGACY_EPOCH)
+    epoch = payload.get("ep", LEGACY_EPOCH)
     return RequestToken(
         token=token,
-        jti=str(decoded.claims["jti"]),
-        expires_at=int(decoded.claims["exp"]),
+        jti=str(payload["jti"]),
+        expires_at=int(payload["exp"]),
         context=ctx,
         epoch=epoch if isinstance(epoch, str) else "",
     )
 
 
-def _secret_id(token: str) -> str:
-    """The `kid` of the token's header (unverified: it only picks the secret to verify with);
-    tokens from before secrets rotated have none and were signed with the legacy secret."""
-    try:
-        header = json.loads(base64.urlsafe_b64decode(token.split(".", 1)[0] + "=="))
-    except (ValueError, UnicodeDecodeError):
-        return ""
-    kid = header.get("kid", LEGACY_SECRET_ID) if isinstance(header, dict) else ""
-    return kid if isinstance(kid, str) else ""
+def _not_valid() -> InvalidToken:
+    return InvalidToken(
+        "the request token is not valid for this issuer (bad signature or encoding); "
+        "ask the CI server for a new one"
+    )

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import re
 import time
@@ -69,10 +70,22 @@ def _require_ci_server(settings: Settings) -> None:
         raise InvalidToken("the CI server secret is wrong: use a value listed in IDP_CI_SECRET")
 
 
+# Tokens and everything else these views answer must never be kept by a cache (HTTP/1.0's
+# Pragma too, for the proxies that know no other).
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
 def _no_store(response: Response) -> Response:
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Pragma"] = "no-cache"
+    response.headers.update(NO_STORE)
     return response
+
+
+def _minted(name: str, token: str) -> Response:
+    """The exchange's answer, `{name: token}`, with its headers given at once: `jsonify` and
+    then setting headers one by one costs more than the rest of the response."""
+    return Response(
+        json.dumps({name: token}), status=200, mimetype="application/json", headers=NO_STORE
+    )
 
 
 def _open_request_token(settings: Settings) -> RequestToken:
@@ -279,7 +292,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     # ran the view and minted (and audited) a token whose body was then thrown away.
     @bp.route("/id-token", methods=["GET"], provide_automatic_options=False)
     def github_exchange() -> Response:
-        return _no_store(jsonify(value=_exchange(settings)))
+        return _minted("value", _exchange(settings))
 
     app.register_blueprint(bp)
 
@@ -291,7 +304,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         provide_automatic_options=False,
     )
     def vela_exchange(org: str, repo: str, build_number: str) -> Response:
-        return _no_store(jsonify(token=_exchange(settings)))
+        return _minted("token", _exchange(settings))
 
     app.register_blueprint(vela)
     _get_only(app, "tokens.github_exchange", "vela.vela_exchange")
