@@ -189,6 +189,31 @@ def test_the_redis_script_counts_exactly_as_memory_does(redis_url: str) -> None:
     assert compared == 400 and 50 < refused < 350, refused
 
 
+def test_one_script_answers_the_closed_build_and_the_budgets_together(redis_url: str) -> None:
+    # The exchange's one command: whether its build is closed, and each budget's wait, with
+    # or without budgets (IDP_RATE_LIMIT_STEP=off) and with or without a build to check.
+    from idp.config import load_settings
+    from idp.store import Budget
+    from idp.store.redis_store import RedisStore
+
+    settings = load_settings(
+        {"IDP_REDIS_URL": redis_url, "IDP_KEY_ENCRYPTION_KEY": KEK, "IDP_CI_SECRET": CI_SECRET}
+    )
+    store = RedisStore.create(settings)
+    store.close_build("90001", 1_900_000_000)
+    budget = [Budget.of("script", "jti-1", 2, 60)]
+    assert store._send_count(budget, "90001", 1_800_000_000.0) == (True, (0,))
+    assert store._send_count(budget, "90002", 1_800_000_000.0) == (False, (0,))
+    closed, waits = store._send_count(budget, "90001", 1_800_000_000.0)
+    assert closed and waits[0] > 0  # the third hit of two: refused, and the build closed
+    assert store._send_count([], "90001", 1_800_000_000.0) == (True, ())
+    assert store._send_count([], "90002", 1_800_000_000.0) == (False, ())
+    assert store._send_count(budget, None, 1_800_000_000.0)[0] is False
+    assert store._send_count([], None, 1_800_000_000.0) == (False, ())
+    # Through the store's interface, as the exchange calls it.
+    assert store.count_and_check([Budget.of("script", "jti-2", 5, 60)], "90001").closed
+
+
 def test_a_redis_that_lost_the_counting_script_still_counts(
     pair: list[IssuerProcess], redis_server: RedisServer
 ) -> None:

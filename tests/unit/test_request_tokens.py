@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,97 @@ def test_every_kind_of_declared_claim_survives_the_request_token(
     claims = id_token_claims(opened.context, ["a"], Settings(claim_policy=policy), NOW)
     expected = {True: "true", False: "false"}.get(value, str(value))  # type: ignore[call-overload]
     assert claims["runbook"] == expected
+
+
+def _signed(header: dict[str, object], payload: bytes, key: OctKey = OLD) -> str:
+    # A compact JWS signed with a secret the issuer holds, whatever its header or payload.
+    from joserfc import jws
+    from joserfc.jws import JWSRegistry
+
+    registry = JWSRegistry(algorithms=[str(header["alg"])], strict_check_header=False)
+    return jws.serialize_compact(header, payload, key, registry=registry)
+
+
+def _claims() -> dict[str, object]:
+    decoded: dict[str, object] = json.loads(
+        base64.urlsafe_b64decode(issue("r1", OLD).split(".")[1] + "==")
+    )
+    return decoded
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+REQUEST_HEADER = {"alg": "HS256", "typ": "idp-request+jwt", "kid": "r1"}
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "says"),
+    [
+        ("three dots", lambda: "a.b.c.d", "malformed"),
+        (
+            "a header that is not base64url JSON",
+            lambda: "e30x!." + issue("r1", OLD).split(".", 1)[1],
+            "bad signature or encoding",
+        ),
+        (
+            "a header without alg",
+            lambda: _b64(b'{"kid":"r1"}') + "." + issue("r1", OLD).split(".", 1)[1],
+            "bad signature or encoding",
+        ),
+        (
+            "alg none",
+            lambda: (
+                _b64(b'{"alg":"none","kid":"r1","typ":"idp-request+jwt"}')
+                + "."
+                + issue("r1", OLD).split(".")[1]
+                + "."
+            ),
+            "bad signature or encoding",
+        ),
+        ("signed with another secret", lambda: issue("r1", NEW), "bad signature or encoding"),
+        ("a signature cut short", lambda: issue("r1", OLD)[:-4], "bad signature or encoding"),
+        (
+            "a payload that is not JSON",
+            lambda: _signed(REQUEST_HEADER, b"not json"),
+            "bad signature or encoding",
+        ),
+        (
+            "a payload that is a JSON list",
+            lambda: _signed(REQUEST_HEADER, b"[1, 2]"),
+            "bad signature or encoding",
+        ),
+        (
+            "no typ",
+            lambda: _signed({"alg": "HS256", "kid": "r1"}, json.dumps(_claims()).encode()),
+            "not a request token",
+        ),
+        (
+            "an ID token's typ",
+            lambda: _signed({**REQUEST_HEADER, "typ": "JWT"}, json.dumps(_claims()).encode()),
+            "not a request token",
+        ),
+        (
+            "another issuer",
+            lambda: _signed(
+                REQUEST_HEADER, json.dumps({**_claims(), "iss": "https://evil.example"}).encode()
+            ),
+            "not issued for this issuer",
+        ),
+        (
+            "no context",
+            lambda: _signed(
+                REQUEST_HEADER,
+                json.dumps({k: v for k, v in _claims().items() if k != "ctx"}).encode(),
+            ),
+            "no valid build context",
+        ),
+    ],
+)
+def test_a_forged_or_broken_request_token_is_refused_saying_why(
+    name: str, make: Callable[[], str], says: str
+) -> None:
+    with pytest.raises(InvalidToken) as refused:
+        request_tokens.verify(make(), {"r1": OLD}, ISSUER, NOW + 1)
+    assert says in refused.value.description, name
