@@ -43,6 +43,9 @@ KEY_ENCRYPTION_KEY = "bench-key-encryption-key-0123456789abcdef"
 NO_LIMIT = "1000000/second"
 # Redis keys the issuer's background refresher reads on a timer, whatever the load.
 BACKGROUND_KEYS = frozenset({RING, CLOSED_SET})
+# What redis-py sends when it opens a connection (a worker's first request, or one after a
+# reconnect): once per connection, not per request.
+CONNECT_COMMANDS = frozenset({"HELLO", "CLIENT", "AUTH", "SELECT"})
 
 # A build context as the README's curl example sends it; `step` and `build_id` vary per token.
 BUILD_CONTEXT: dict[str, Any] = {
@@ -213,7 +216,8 @@ class RedisServer(Server):
         `INFO commandstats` also counts the commands a Lua script runs inside Redis; MONITOR
         tells them apart (`lua` clients), so this counts what crossed the network. Commands on
         the key ring refresher's keys, and redis-py's health-check PING on a connection idle
-        for 10 s, are time-driven, not request-driven: kept apart.
+        for 10 s, are time-driven, not request-driven: kept apart, as is the handshake of a
+        connection opened meanwhile (HELLO and the like: once per connection).
         """
         import redis
 
@@ -249,7 +253,11 @@ class RedisServer(Server):
         for command in seen:
             words = str(command["command"]).split()
             name = words[0].upper() if words else "?"
-            if name == "PING" or (len(words) > 1 and words[1] in BACKGROUND_KEYS):
+            if (
+                name == "PING"
+                or name in CONNECT_COMMANDS
+                or (len(words) > 1 and words[1] in BACKGROUND_KEYS)
+            ):
                 background[name] = background.get(name, 0) + 1
             elif command["client_type"] == "lua":
                 scripted[name] = scripted.get(name, 0) + 1

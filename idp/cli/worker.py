@@ -156,7 +156,34 @@ class JsonErrorWorker(ThreadWorker):
 
     def init_process(self) -> None:
         gunicorn_util.write_error = write_json_error
+        # Connections handed to a thread (queued or running) and not finished yet. Counted
+        # on the main thread only: gthread calls enqueue_req and finish_request there.
+        self.busy = 0
         super().init_process()
+
+    # --- accepting only with a free thread ------------------------------------------------
+    # gthread accepts whenever it holds fewer than worker_connections connections. Workers
+    # share one listening socket, so when a client opens many connections at once (wrk, a
+    # proxy's keep-alive pool), the worker whose loop runs first can take them all; kept
+    # alive, they stay there: one process served 32 connections on one core while the other
+    # idled, at a third of the throughput (bench/README.md "Worker model"). A worker whose
+    # threads are all taken now leaves new connections in the kernel's backlog for a worker
+    # with a free thread (or for itself, once one frees), as the sync worker did. Kept-alive
+    # connections are not affected: their next request is served where they are.
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        # gthread's loop asks for accepting after every round of events.
+        super().set_accept_enabled(enabled and self.busy < self.cfg.threads)
+
+    def enqueue_req(self, conn: Any) -> None:
+        self.busy += 1
+        if self.busy >= self.cfg.threads:
+            self.set_accept_enabled(False)
+        super().enqueue_req(conn)
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        self.busy -= 1
+        super().finish_request(conn, fs)
 
     def handle(self, conn: Any) -> Any:
         if self.cfg.is_ssl or conn.is_http2:  # never configured by `idp serve`

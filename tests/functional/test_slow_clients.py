@@ -187,3 +187,48 @@ def test_a_fresh_worker_serves_concurrent_first_requests_without_a_5xx(tmp_path:
             with ThreadPoolExecutor(8) as pool:
                 statuses = [f.result() for f in [pool.submit(exchange) for _ in range(8)]]
         assert statuses == [401] * 8, (statuses, issuer.log.decode(errors="replace")[-2000:])
+
+
+def test_connections_opened_at_once_are_shared_between_the_workers(tmp_path: Path) -> None:
+    # Eight requests that each hold a thread (their body never comes), sent on eight
+    # connections opened at once: a worker whose THREADS threads are taken leaves the rest
+    # in the backlog for the other worker. gthread alone let one worker accept them all.
+    import psutil
+
+    from idp.cli.worker import THREADS
+    from tests.support import CI_SECRET
+
+    with IssuerProcess({"IDP_KEYS_DIR": str(tmp_path / "keys")}, workers=2) as issuer:
+        assert issuer.proc is not None
+        workers = psutil.Process(issuer.proc.pid).children()
+        assert len(workers) == 2
+        head = (
+            "POST /_services/token/request-tokens HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {CI_SECRET}\r\nContent-Type: application/json\r\n"
+            "Content-Length: 100\r\n\r\n{"
+        ).encode()
+        clients = []
+        for _ in range(2 * THREADS):
+            sock = socket.create_connection(("127.0.0.1", issuer.port), timeout=5)
+            sock.sendall(head)  # buffered by the kernel before any worker accepts
+            clients.append(sock)
+        try:
+            ports = {sock.getsockname()[1] for sock in clients}
+
+            def held() -> list[int]:
+                return [
+                    sum(
+                        1
+                        for c in worker.net_connections(kind="tcp")
+                        if c.raddr and c.raddr.port in ports
+                    )
+                    for worker in workers
+                ]
+
+            deadline = time.monotonic() + 5
+            while sum(held()) < len(clients) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert held() == [THREADS, THREADS]
+        finally:
+            for sock in clients:
+                sock.close()
