@@ -54,6 +54,8 @@ KEEPALIVE = 5
 THREADS = 4
 # Connections per worker process, idle or mid-head included, before it stops accepting.
 WORKER_CONNECTIONS = 1000
+# How long a worker whose threads are all busy leaves new connections to the other workers.
+ACCEPT_PAUSE = 0.005
 
 _HEAD_END = b"\r\n\r\n"
 
@@ -159,26 +161,38 @@ class JsonErrorWorker(ThreadWorker):
         # Connections handed to a thread (queued or running) and not finished yet. Counted
         # on the main thread only: gthread calls enqueue_req and finish_request there.
         self.busy = 0
+        self.paused_until = 0.0
         super().init_process()
 
-    # --- accepting only with a free thread ------------------------------------------------
+    # --- sharing connections opened at once ------------------------------------------------
     # gthread accepts whenever it holds fewer than worker_connections connections. Workers
     # share one listening socket, so when a client opens many connections at once (wrk, a
     # proxy's keep-alive pool), the worker whose loop runs first can take them all; kept
     # alive, they stay there: one process served 32 connections on one core while the other
-    # idled, at a third of the throughput (bench/README.md "Worker model"). A worker whose
-    # threads are all taken now leaves new connections in the kernel's backlog for a worker
-    # with a free thread (or for itself, once one frees), as the sync worker did. Kept-alive
-    # connections are not affected: their next request is served where they are.
+    # idled, at a third of the throughput (bench/README.md "Worker model"). So a worker that
+    # has just accepted a connection and has no thread free stops accepting for ACCEPT_PAUSE,
+    # leaving the backlog to a worker with a free thread. Only for that long (a pause until a
+    # thread frees starved new connections for seconds under steady load), and only after an
+    # accept: requests on kept-alive connections never pause it (pausing on them cost 12 % of
+    # the JWKS throughput in epoll calls).
+
+    def accept(self, listener: Any) -> None:
+        super().accept(listener)  # hands the connection to a thread: `busy` counts it
+        if self.busy >= self.cfg.threads:
+            self.paused_until = time.monotonic() + ACCEPT_PAUSE
+            self.set_accept_enabled(False)
 
     def set_accept_enabled(self, enabled: bool) -> None:
         # gthread's loop asks for accepting after every round of events.
-        super().set_accept_enabled(enabled and self.busy < self.cfg.threads)
+        if enabled and self.paused_until:
+            if time.monotonic() < self.paused_until:
+                enabled = False
+            else:
+                self.paused_until = 0.0
+        super().set_accept_enabled(enabled)
 
     def enqueue_req(self, conn: Any) -> None:
         self.busy += 1
-        if self.busy >= self.cfg.threads:
-            self.set_accept_enabled(False)
         super().enqueue_req(conn)
 
     def finish_request(self, conn: Any, fs: Any) -> None:

@@ -228,7 +228,8 @@ def test_connections_opened_at_once_are_shared_between_the_workers(tmp_path: Pat
             deadline = time.monotonic() + 5
             while sum(held()) < len(clients) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert held() == [THREADS, THREADS]
+            # Each worker took some; alone, gthread let one take all eight (or seven).
+            assert sum(held()) == len(clients) and min(held()) >= THREADS // 2, held()
         finally:
             for sock in clients:
                 sock.close()
