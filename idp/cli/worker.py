@@ -54,8 +54,6 @@ KEEPALIVE = 5
 THREADS = 4
 # Connections per worker process, idle or mid-head included, before it stops accepting.
 WORKER_CONNECTIONS = 1000
-# How long a worker whose threads are all busy leaves new connections to the other workers.
-ACCEPT_PAUSE = 0.05
 
 _HEAD_END = b"\r\n\r\n"
 
@@ -158,59 +156,7 @@ class JsonErrorWorker(ThreadWorker):
 
     def init_process(self) -> None:
         gunicorn_util.write_error = write_json_error
-        # Connections handed to a thread (queued or running) and not finished yet. Counted
-        # on the main thread only: gthread calls enqueue_req and finish_request there.
-        self.busy = 0
-        self.paused_until = 0.0
         super().init_process()
-
-    # --- sharing connections opened at once ------------------------------------------------
-    # gthread accepts whenever it holds fewer than worker_connections connections. Workers
-    # share one listening socket, so when a client opens many connections at once (wrk, a
-    # proxy's keep-alive pool), the worker whose loop runs first can take them all; kept
-    # alive, they stay there: one process served 32 connections on one core while the other
-    # idled, at a third of the throughput (bench/README.md "Worker model"). So a worker that
-    # has just accepted a connection and has no thread free stops accepting for ACCEPT_PAUSE,
-    # or until all its threads are idle, leaving the backlog to a worker with a free thread.
-    # Measured: the other worker may take 20 ms to accept from the backlog (5 ms pauses left
-    # 8 of 8 connections on one worker in 3 runs of 5); a pause until one thread frees ended
-    # too soon under keep-alive load, and one until a thread frees with no time limit starved
-    # new connections for seconds (p99 of 2 s). Only after an accept: requests on kept-alive
-    # connections never pause it (pausing on them cost 12 % of the JWKS throughput in epoll
-    # calls). Clients that open a connection per request lose nothing (3,900 to 4,100 JWKS/s
-    # with and without, `Connection: close`, c=32).
-
-    def accept(self, listener: Any) -> None:
-        super().accept(listener)  # hands the connection to a thread: `busy` counts it
-        if self.busy >= self.cfg.threads:
-            self.paused_until = time.monotonic() + ACCEPT_PAUSE
-            self.set_accept_enabled(False)
-
-    def set_accept_enabled(self, enabled: bool) -> None:
-        # gthread's loop asks for accepting after every round of events. The pause ends early
-        # once every thread is idle: clients that open a connection per request must not find
-        # a worker idle and deaf.
-        if enabled and self.paused_until:
-            if self.busy and time.monotonic() < self.paused_until:
-                enabled = False
-            else:
-                self.paused_until = 0.0
-        super().set_accept_enabled(enabled)
-
-    def wait_for_and_dispatch_events(self, timeout: float) -> None:
-        # Wake when the pause ends, to accept again: gthread waits up to a second for events,
-        # and silent connections bring none.
-        if self.paused_until:
-            timeout = max(0.0, min(timeout, self.paused_until - time.monotonic()))
-        super().wait_for_and_dispatch_events(timeout)
-
-    def enqueue_req(self, conn: Any) -> None:
-        self.busy += 1
-        super().enqueue_req(conn)
-
-    def finish_request(self, conn: Any, fs: Any) -> None:
-        self.busy -= 1
-        super().finish_request(conn, fs)
 
     def handle(self, conn: Any) -> Any:
         if self.cfg.is_ssl or conn.is_http2:  # never configured by `idp serve`
