@@ -119,12 +119,12 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) 
 return 0
 """
 
-# One hit against each budget: KEYS[i] is budget i's hash, ARGV = now, then limit and window
-# of each budget. Returns, per budget, 0 (counted) or whole seconds to wait. The same rule as
-# idp.store.counters.decide and retry_after, which tests/functional/test_rate_limits.py checks.
-# KEYS: the closed-build key when ARGV[2] is "1", then one key per budget; ARGV: now, that
-# flag, then each budget's limit and window. Returns {closed (0/1), wait of each budget}: the
-# exchange's one command (a pipeline of EXISTS and EVALSHA cost redis-py twice the work).
+# Whether a build is closed, and one hit against each budget: the exchange's one command (a
+# pipeline of EXISTS and EVALSHA cost redis-py twice the work). KEYS: the closed-build key
+# when ARGV[2] is "1", then each budget's hash; ARGV: now, that flag, then each budget's limit
+# and window. Returns {closed (0/1), then per budget 0 (counted) or whole seconds to wait}.
+# The same rule as idp.store.counters.decide and retry_after, which
+# tests/functional/test_rate_limits.py checks.
 _COUNT = """
 local now = tonumber(ARGV[1])
 local first = 1
