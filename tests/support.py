@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,3 +194,14 @@ def issuer_process(env: Mapping[str, str], workers: int = 1) -> Iterator[IssuerP
     proc = IssuerProcess(env, workers=workers)
     with proc:
         yield proc
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`idp ARGS...` in this process: (exit code, stdout, stderr)."""
+    from idp.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    code = exit_info.value.code
+    return (code if isinstance(code, int) else 1), out, err

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from idp.cli import main
 from tests.aws.tls import (
     ConnectProxy,
     HttpsServer,
@@ -27,16 +26,9 @@ from tests.aws.tls import (
     write_bundle,
 )
 from tests.support import ROOT, free_port
+from tests.support import run_cli as run
 
 ISSUER_PATH = "/_services/token"
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 1), out, err
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:

@@ -10,8 +10,8 @@ import pytest
 
 from idp.aws.errors import TrustPolicyError
 from idp.aws.trust_policy import IssuerShape, Wanted, build_trust_policy
-from idp.cli import main
 from idp.tokens.claims_file import load_claims_file
+from tests.support import run_cli as run
 from tests.unit.test_claims import CONTEXT
 from tests.unit.test_claims_file import GITHUB_ENVIRONMENTS, OCTOPUS, OCTOPUS_CONTEXT
 
@@ -127,14 +127,6 @@ def test_repo_is_a_shorthand_for_match_repo() -> None:
     assert by_flag == by_match
     with pytest.raises(TrustPolicyError, match="twice"):
         build_trust_policy(PROVIDER, Wanted(repo="o/r", matches=(("repo", "o/r"),)), shape)
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 1), out, err
 
 
 def test_the_trust_policy_command_reads_the_claims_file(

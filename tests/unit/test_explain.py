@@ -25,7 +25,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, OctKey, RSAKey
 
 from idp.aws.explain import Facts, ProviderFacts, SessionRequest, explain
-from idp.cli import main
+from tests.support import run_cli as run
 
 NOW = 1_700_000_000
 URL = "ci.example.com/_services/token"
@@ -705,14 +705,6 @@ def test_without_a_jwks_the_signature_is_unknown_and_the_verdict_undecidable() -
 
 
 # --- the command line ------------------------------------------------------------------
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 1), out, err
 
 
 @pytest.fixture

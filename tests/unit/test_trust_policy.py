@@ -23,9 +23,9 @@ import pytest
 
 from idp.aws.errors import TrustPolicyError
 from idp.aws.trust_policy import IssuerShape, Wanted, build_trust_policy
-from idp.cli import main
 from idp.errors import IdpError
 from idp.tokens.tags import TAG_KEY_PATTERN, verbatim_tag_value
+from tests.support import run_cli
 
 GOLDEN = Path(__file__).parent / "golden"
 PROVIDER = "arn:aws:iam::123456789012:oidc-provider/ci.example.com/_services/token"
@@ -274,14 +274,6 @@ def test_allow_any_repo_pins_only_the_audience() -> None:
 
 
 # --- golden outputs --------------------------------------------------------------------
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 1), out, err
 
 
 GOLDEN_CASES = {
