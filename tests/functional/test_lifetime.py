@@ -30,6 +30,7 @@ import requests
 from tests.functional.test_replicas import (
     Observations,
     check_every_token_verifies_throughout_its_life,
+    observe_documents,
 )
 from tests.support import CI_SECRET, NO_RATE_LIMITS, ROOT, IssuerProcess, free_port
 from tests.unit.test_claims import CONTEXT
@@ -226,11 +227,7 @@ def run_mixed_load(replicas: list[IssuerProcess], seconds: float) -> Observation
         session = requests.Session()
         while not stop.is_set():
             for index, proc in enumerate(replicas):
-                start = time.time()
-                response = session.get(f"{proc.issuer}/.well-known/jwks", timeout=10)
-                obs.snapshots.append(
-                    (start, time.time(), index, response.status_code, response.content)
-                )
+                observe_documents(session, proc, index, obs, discovery=False)
             time.sleep(0.05)
 
     threads = [threading.Thread(target=mint, args=(i,)) for i in range(len(replicas))]

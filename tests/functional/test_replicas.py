@@ -76,6 +76,23 @@ def replicas(redis_url: str) -> Iterator[list[IssuerProcess]]:
         yield procs
 
 
+def observe_documents(
+    session: requests.Session,
+    proc: IssuerProcess,
+    index: int,
+    obs: Observations,
+    discovery: bool = True,
+) -> None:
+    """One look at a replica's JWKS, kept with when it was taken (every token's `kid` is
+    checked against the snapshots of its life), and at its discovery document's status."""
+    start = time.time()
+    response = session.get(f"{proc.issuer}/.well-known/jwks", timeout=10)
+    obs.snapshots.append((start, time.time(), index, response.status_code, response.content))
+    if discovery:
+        found = session.get(f"{proc.issuer}/.well-known/openid-configuration", timeout=10)
+        obs.discovery.append(found.status_code)
+
+
 def run_load(
     replicas: list[IssuerProcess],
     seconds: float,
@@ -137,13 +154,7 @@ def run_load(
         session = requests.Session()
         while not stop.is_set():
             for index, proc in enumerate(replicas):
-                start = time.time()
-                response = session.get(f"{proc.issuer}/.well-known/jwks", timeout=10)
-                obs.snapshots.append(
-                    (start, time.time(), index, response.status_code, response.content)
-                )
-                found = session.get(f"{proc.issuer}/.well-known/openid-configuration", timeout=10)
-                obs.discovery.append(found.status_code)
+                observe_documents(session, proc, index, obs)
                 obs.ready.append(
                     (time.time(), session.get(f"{proc.issuer}/readyz", timeout=10).status_code)
                 )

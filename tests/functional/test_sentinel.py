@@ -38,6 +38,7 @@ from tests.functional.test_replicas import (
     REFRESH,
     Observations,
     check_every_token_verifies_throughout_its_life,
+    observe_documents,
 )
 from tests.support import CI_SECRET, NO_RATE_LIMITS, IssuerProcess, free_port, wait_for
 from tests.unit.test_claims import CONTEXT
@@ -249,13 +250,7 @@ def test_the_master_is_killed_under_load_and_the_issuers_follow(cluster: Cluster
             session = requests.Session()
             while not stop.is_set():
                 for index, proc in enumerate(replicas):
-                    start = time.time()
-                    response = session.get(f"{proc.issuer}/.well-known/jwks", timeout=10)
-                    obs.snapshots.append(
-                        (start, time.time(), index, response.status_code, response.content)
-                    )
-                    found = session.get(f"{proc.issuer}/.well-known/openid-configuration")
-                    obs.discovery.append(found.status_code)
+                    observe_documents(session, proc, index, obs)
                     obs.closed.append((time.time(), mint(proc, closed_token, session)))
                     start = time.time()
                     lost.append((start, index, mint(proc, lost_token, session)))
