@@ -254,13 +254,28 @@ def render(store: str, rows: list[tuple[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number, e.g. 2000")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.breakdown", description=__doc__)
     parser.add_argument("--store", choices=("file", "redis"), default="file")
-    parser.add_argument("--calls", type=int, default=2000, help="calls per round (default 2000)")
+    parser.add_argument(
+        "--calls", type=_positive, default=2000, help="calls per round (default 2000)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="idp-breakdown-") as workdir:
-        rows = breakdown(args.store, args.calls, Path(workdir))
+        try:
+            rows = breakdown(args.store, args.calls, Path(workdir))
+        except RuntimeError as exc:  # no redis-server, an issuer that would not open tokens
+            sys.exit(f"bench.breakdown: {exc}")
     print(render(args.store, rows))
     print(json.dumps({name: round(value, 1) for name, value in rows}))
 
